@@ -1,0 +1,3 @@
+"""amr-tf: Adversarial Multimedia Recommendation (AMR, Tang et al., TKDE 2019) in TensorFlow / Keras 3."""
+
+__version__ = "0.1.0"
