@@ -1,0 +1,266 @@
+"""Command line: ``python -m amr_tf {train,evaluate,convert-original,features}``.
+
+``train`` accepts the original release's flag names (``--lr '[0.01,1e-4,1e-3]'`` etc.). Problems
+with the input are reported as one ``error:`` line and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from amr_tf.errors import AmrError
+
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off"}
+
+
+# ---------------------------------------------------------------------------- flag parsing
+
+
+def parse_bool(text: str) -> bool:
+    """A real boolean (the original's ``type=bool`` turned ``--adv=False`` into True)."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def float_list(length: int, minimum: float = 0.0, strict: bool = False):
+    """Parse ``'[0.01,1e-4,1e-3]'`` (brackets optional) into ``length`` floats without ``eval``."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        body = text.strip()
+        if body.startswith("[") and body.endswith("]"):
+            body = body[1:-1]
+        try:
+            values = tuple(float(part) for part in body.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a list of {length} numbers like [0.01,1e-4,1e-3], got {text!r}")
+        if len(values) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} numbers, got {len(values)} in {text!r}")
+        for v in values:
+            if not math.isfinite(v) or v < minimum or (strict and v == minimum):
+                rel = ">" if strict else ">="
+                raise argparse.ArgumentTypeError(f"every value must be finite and {rel} {minimum}, got {v} in {text!r}")
+        return values
+
+    return parse
+
+
+def number(kind, minimum, strict: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, 0, strict=True)
+non_negative_int = number(int, 0, strict=False)
+non_negative_float = number(float, 0.0, strict=False)
+
+
+# ---------------------------------------------------------------------------- sub-commands
+
+
+def add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    from amr_tf.data import DEFAULT_DATASET
+
+    p.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help=f"built-in name (movielens-posters, synthetic, synthetic-original) or a directory "
+                        f"in the original format (default: {DEFAULT_DATASET})")
+    p.add_argument("--path", default=None, help="parent directory of --dataset (the original's --path Data/)")
+    p.add_argument("--cnn", default=None, help="feature file f_<cnn>.npy to use (default: the only one present)")
+    p.add_argument("--protocol", choices=("sampled", "full"), default="sampled",
+                   help="rank the test item among neg.txt's candidates (the original) or all untrained items")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m amr_tf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train AMR, VBPR, MF-BPR (or score Popularity) and evaluate")
+    add_dataset_flags(t)
+    t.add_argument("--model", default="AMR", type=str.upper, choices=("AMR", "VBPR", "MFBPR", "POP"))
+    t.add_argument("--adv", type=parse_bool, default=True, help="adversarial training for --model AMR (true/false)")
+    t.add_argument("--adv_type", choices=("grad", "random"), default="grad")
+    t.add_argument("--lr", type=float_list(3, 0.0, strict=True), default=(0.01, 1e-4, 1e-3),
+                   help="Adagrad learning rates of P, Q, E (default [0.01,1e-4,1e-3])")
+    t.add_argument("--regs", type=float_list(3), default=(0.1, 1e-3, 0.0),
+                   help="penalties on user, item and E (default [1e-1,1e-3,0])")
+    t.add_argument("--epsilon", "--eps", type=non_negative_float, default=0.1, help="adversary's L2 budget per item")
+    t.add_argument("--lmd", type=non_negative_float, default=1.0, help="weight of the adversarial loss")
+    t.add_argument("--emb1_K", "--embed_dim", dest="emb1_K", type=positive_int, default=64)
+    t.add_argument("--batch_size", type=positive_int, default=512)
+    t.add_argument("--epoch", type=non_negative_int, default=20, help="number of epochs (the original ran 2000)")
+    t.add_argument("--verbose", type=positive_int, default=5, help="evaluate every N epochs")
+    t.add_argument("--weight_dir", default=None, help="where checkpoints go (default runs/<dataset>-<model>-<time>)")
+    t.add_argument("--logdir", default=None, help="TensorBoard log directory (default <weight_dir>/logs)")
+    t.add_argument("--pretrained", default=None,
+                   help="initialise from a checkpoint (NAME or NAME.weights.h5) or an original-release .npy")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cold_start_rule", type=parse_bool, default=True,
+                   help="reject cold-start test items as negatives, as the original did (uses test information)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(handler=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved checkpoint (or Popularity) on a dataset")
+    add_dataset_flags(e)
+    e.add_argument("checkpoint", nargs="?", help="checkpoint NAME, NAME.weights.h5, or an original .npy")
+    e.add_argument("--model", default=None, type=str.upper, help="POP to evaluate the popularity baseline; "
+                   "VBPR/MFBPR when the checkpoint is an original-release .npy")
+    e.add_argument("--emb1_K", type=positive_int, default=64)
+    e.set_defaults(handler=cmd_evaluate)
+
+    c = sub.add_parser("convert-original", help="turn the original release's best-vbpr.npy into a checkpoint")
+    c.add_argument("npy", help="pickled [P, Q, E] weights file of the original release")
+    c.add_argument("--out", required=True, help="checkpoint NAME to write (NAME.weights.h5 + NAME.json)")
+    c.add_argument("--dataset", default=None, help="optional dataset to check the shapes against and record")
+    c.add_argument("--path", default=None)
+    c.add_argument("--cnn", default=None)
+    c.set_defaults(handler=cmd_convert)
+
+    try:
+        from amr_tf.vision.features import add_features_subcommand
+    except ImportError:
+        pass
+    else:
+        add_features_subcommand(sub)
+    return parser
+
+
+def _dataset(args):
+    from amr_tf.data import resolve_dataset
+
+    return resolve_dataset(args.dataset, cnn=args.cnn, path=args.path)
+
+
+def print_table(rows: dict[str, dict], file=sys.stdout) -> None:
+    """A Markdown table: one row per model, one column per metric."""
+    cols = list(next(iter(rows.values())).keys())
+    print("| model | " + " | ".join(cols) + " |", file=file)
+    print("|---|" + "---|" * len(cols), file=file)
+    for name, metrics in rows.items():
+        print(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in cols) + " |", file=file)
+
+
+def cmd_train(args) -> int:
+    from amr_tf.callbacks import EvaluationCallback
+    from amr_tf.checkpoints import load_pretrained, save_checkpoint
+    from amr_tf.evaluation import evaluate
+    from amr_tf.io import atomic_write_text
+    from amr_tf.training import build_model, fit, set_seed
+
+    set_seed(args.seed)
+    ds = _dataset(args)
+    print(ds.summary())
+    name = args.model
+    if name == "AMR" and not args.adv:
+        name = "VBPR"  # the original's --adv False trains plain VBPR
+    model = build_model(name, ds, embed_dim=args.emb1_K, regs=args.regs, learning_rates=args.lr,
+                        eps=args.epsilon, adv_weight=args.lmd, adv_type=args.adv_type, seed=args.seed)
+    if name == "POP":
+        print_table({"POP": evaluate(model, ds, protocol=args.protocol)})
+        return 0
+    if args.pretrained:
+        load_pretrained(model, args.pretrained)
+        print(f"initialised from {args.pretrained}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    weight_dir = Path(args.weight_dir or f"runs/{ds.name}-{name.lower()}-{stamp}")
+    logdir = Path(args.logdir or weight_dir / "logs")
+    command = " ".join(["python -m amr_tf"] + sys.argv[1:])
+    cfg = {k: v for k, v in vars(args).items() if k != "handler"}
+    evaluator = EvaluationCallback(ds, every=args.verbose, logdir=logdir, checkpoint_dir=weight_dir,
+                                   protocol=args.protocol, manifest_extra={"command": command, "args": cfg},
+                                   print_fn=print if args.quiet else None)  # the progress bar shows them
+    evaluator.set_model(model)
+    start_metrics = evaluator.evaluate_now(0)
+    started = time.perf_counter()
+    fit(model, ds, epochs=args.epoch, batch_size=args.batch_size, seed=args.seed, callbacks=[evaluator],
+        verbose=0 if args.quiet else "auto", exclude_cold_start=args.cold_start_rule)
+    seconds = time.perf_counter() - started
+    final = evaluator.history[-1] if evaluator.history else {"epoch": 0, **start_metrics}
+    final = {k: v for k, v in final.items() if k != "epoch"}
+    if args.epoch == 0:
+        save_checkpoint(model, weight_dir / "last", ds, command=command, args=cfg, epoch=0, metrics=final)
+    summary = {"model": name, "dataset": ds.name, "epochs": args.epoch, "train_seconds": round(seconds, 2),
+               "final": final, "best_epoch": evaluator.best_epoch, "best_NDCG@10": evaluator.best,
+               "command": command}
+    atomic_write_text(weight_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    print(f"\ntrained {args.epoch} epochs in {seconds:.1f} s; checkpoints in {weight_dir}, "
+          f"TensorBoard: tensorboard --logdir {logdir}")
+    print_table({f"{name} (epoch {args.epoch})": final})
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from amr_tf.checkpoints import load_checkpoint, load_original_npy
+    from amr_tf.evaluation import evaluate
+    from amr_tf.training import build_model
+
+    ds = _dataset(args)
+    if args.model == "POP" or not args.checkpoint:
+        if args.model != "POP":
+            raise AmrError("give a checkpoint to evaluate, or --model POP")
+        label, model = "POP", build_model("POP", ds)
+    elif args.checkpoint.endswith(".npy"):
+        label = args.model or "VBPR"
+        model = build_model(label, ds, embed_dim=args.emb1_K, compile=False)
+        load_original_npy(args.checkpoint, model)
+    else:
+        model, manifest = load_checkpoint(args.checkpoint, ds)
+        label = manifest["model"]
+    print(ds.summary())
+    print_table({label: evaluate(model, ds, protocol=args.protocol)})
+    return 0
+
+
+def cmd_convert(args) -> int:
+    import numpy as np
+
+    from amr_tf.checkpoints import load_original_npy, save_checkpoint
+    from amr_tf.models import VBPR
+
+    try:
+        arrays = np.load(args.npy, allow_pickle=True, encoding="latin1")
+        (nu, k), (ni, _), (f, _) = (np.shape(a) for a in arrays)
+    except FileNotFoundError:
+        raise AmrError(f"{args.npy}: file not found") from None
+    except Exception as exc:
+        raise AmrError(f"{args.npy}: expected the original release's pickled [P, Q, E] ({exc})") from None
+    ds = None
+    if args.dataset:
+        ds = _dataset(args)
+        if (ds.num_users, ds.num_items, ds.feature_dim) != (nu, ni, f):
+            raise AmrError(f"{args.npy}: weights are for {nu} users, {ni} items, {f}-d features; dataset "
+                           f"{ds.name} has {ds.num_users}, {ds.num_items}, {ds.feature_dim}")
+    feats = ds.features if ds is not None else np.zeros((ni, f), np.float32)
+    model = VBPR(nu, ni, feats, embed_dim=k)
+    load_original_npy(args.npy, model)
+    path = save_checkpoint(model, args.out, ds, converted_from=str(args.npy))
+    print(f"wrote {path} ({nu} users, {ni} items, {f}-d features, K={k})")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except AmrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

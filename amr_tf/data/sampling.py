@@ -1,0 +1,84 @@
+"""Training triplets (user, positive, negative) for BPR, one negative per training pair per epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from amr_tf.data.dataset import AmrDataset
+from amr_tf.errors import DataError
+
+
+class TripletSampler:
+    """The original's sampler, vectorised: shuffle the pairs, draw one uniform negative per pair.
+
+    A negative is rejected when it is one of the user's training items or, with
+    ``exclude_cold_start=True`` (the original's rule, kept as the default for fidelity), a
+    "cold-start" item (a test positive that never occurs in training -- note this uses test
+    information). Epoch ``e`` is a pure function of ``(seed, e)``, so a resumed run samples
+    exactly what an uninterrupted run would.
+    """
+
+    def __init__(self, dataset: AmrDataset, seed: int = 0, exclude_cold_start: bool = True):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.exclude_cold_start = exclude_cold_start
+        pairs = dataset.train_pairs
+        self._keys = np.unique(pairs[:, 0] * dataset.num_items + pairs[:, 1])
+        self._forbidden_items = dataset.cold_start_items if exclude_cold_start else np.zeros(dataset.num_items, bool)
+        allowed = dataset.num_items - self._forbidden_items.sum() - np.diff(dataset.train_matrix.indptr)
+        # A user whose training items (plus the cold items) cover the catalogue has no negative.
+        if (allowed <= 0).any():
+            u = int(np.argmax(allowed <= 0))
+            raise DataError(f"{dataset.name}: user {u} has no item left to sample as a negative")
+
+    @property
+    def num_triplets(self) -> int:
+        return len(self.dataset.train_pairs)
+
+    def _rejected(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.dataset.num_items + items
+        pos = np.searchsorted(self._keys, keys)
+        pos = np.minimum(pos, len(self._keys) - 1)
+        return (self._keys[pos] == keys) | self._forbidden_items[items]
+
+    def sample_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return shuffled ``(users, positives, negatives)`` int32 arrays for ``epoch``."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        pairs = self.dataset.train_pairs[rng.permutation(len(self.dataset.train_pairs))]
+        users, pos = pairs[:, 0], pairs[:, 1]
+        neg = rng.integers(0, self.dataset.num_items, size=len(users))
+        todo = np.flatnonzero(self._rejected(users, neg))
+        while len(todo):  # rejection sampling, vectorised over the rejected rows
+            neg[todo] = rng.integers(0, self.dataset.num_items, size=len(todo))
+            todo = todo[self._rejected(users[todo], neg[todo])]
+        return users.astype(np.int32), pos.astype(np.int32), neg.astype(np.int32)
+
+    def batches(self, epoch: int, batch_size: int):
+        """Yield the epoch's triplets in batches; the last, partial batch is kept (unlike the original)."""
+        u, i, j = self.sample_epoch(epoch)
+        for s in range(0, len(u), batch_size):
+            yield u[s : s + batch_size], i[s : s + batch_size], j[s : s + batch_size]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.num_triplets // batch_size)
+
+
+def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int = 0) -> tf.data.Dataset:
+    """An endless, prefetched ``tf.data`` stream of batches, epoch after epoch from ``initial_epoch``.
+
+    Use with ``model.fit(ds, epochs=..., steps_per_epoch=sampler.steps_per_epoch(batch_size),
+    initial_epoch=initial_epoch)``: epoch boundaries then coincide with the sampler's.
+    """
+    if batch_size <= 0:
+        raise DataError(f"batch_size must be positive, got {batch_size}")
+
+    def generate():
+        epoch = initial_epoch
+        while True:
+            yield from sampler.batches(epoch, batch_size)
+            epoch += 1
+
+    spec = tf.TensorSpec(shape=[None], dtype=tf.int32)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec, spec))
+    return ds.prefetch(tf.data.AUTOTUNE)

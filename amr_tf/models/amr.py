@@ -1,0 +1,99 @@
+"""AMR: VBPR trained against an adversary that perturbs the items' image features."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from amr_tf.errors import AmrError
+from amr_tf.models.vbpr import VBPR
+
+ADV_TYPES = ("grad", "random")
+ADV_IMPLS = ("projected", "dense")
+
+# The original normalises with tf.nn.l2_normalize: x / sqrt(max(sum(x^2), 1e-12)).
+_NORM_FLOOR = 1e-12
+
+
+@keras.saving.register_keras_serializable(package="amr_tf")
+class AMR(VBPR):
+    """Adversarial Multimedia Recommendation (Tang et al., TKDE 2019).
+
+    Per batch, the adversary ``Delta`` has one row per distinct item in the batch: the gradient
+    of the clean BPR sum with respect to that item's feature row (summed over its occurrences),
+    L2-normalised and scaled to ``eps`` (``adv_type="grad"``), or random normal noise scaled
+    the same way (``"random"``). The objective is
+    ``BPR(clean) + adv_weight * BPR(features + Delta) + penalties``, with ``Delta`` a constant.
+
+    ``adv_impl="projected"`` (default) never forms an F-dimensional tensor: with ``G`` the
+    gradient with respect to the item's visual vector ``c_i E`` (a K-vector), the feature
+    gradient is ``G E^T``, its norm is ``sqrt(G (E^T E) G^T)`` and its effect on the vector is
+    ``Delta_i E = eps G (E^T E) / norm``. ``adv_impl="dense"`` is the original's graph (the gradient
+    with respect to the whole items x F feature matrix, densified); it is kept as the reference
+    the tests and benchmarks compare against.
+    """
+
+    def __init__(self, num_users, num_items, features, eps=0.1, adv_weight=1.0, adv_type="grad",
+                 adv_impl="projected", **kwargs):
+        super().__init__(num_users, num_items, features, **kwargs)
+        if adv_type not in ADV_TYPES:
+            raise AmrError(f"adv_type must be one of {ADV_TYPES}, got {adv_type!r}")
+        if adv_impl not in ADV_IMPLS:
+            raise AmrError(f"adv_impl must be one of {ADV_IMPLS}, got {adv_impl!r}")
+        if float(eps) < 0 or float(adv_weight) < 0:
+            raise AmrError(f"eps and adv_weight must be >= 0, got eps={eps}, adv_weight={adv_weight}")
+        self.eps, self.adv_weight = float(eps), float(adv_weight)
+        self.adv_type, self.adv_impl = adv_type, adv_impl
+        self.noise_seed = keras.random.SeedGenerator(self.seed)
+        self.adv_tracker = keras.metrics.Mean(name="adv_loss")
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps, "adv_weight": self.adv_weight,
+                "adv_type": self.adv_type, "adv_impl": self.adv_impl}
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.adv_tracker]
+
+    # ------------------------------------------------------------------ the adversary
+
+    def visual_gradient(self, p, batch, x):
+        """d BPR / d (c_i E) per distinct batch item (n x K), summed over the item's occurrences."""
+        s = tf.sigmoid(-x)[:, None]  # d softplus(-x) / dx = -sigmoid(-x)
+        rows = tf.concat([-s * p, s * p], axis=0)  # positives, then negatives
+        return tf.math.unsorted_segment_sum(rows, batch.index, tf.shape(batch.unique)[0])
+
+    def perturbed_visual(self, p, batch, visual, x):
+        """``(c_i + Delta_i) E`` for each distinct batch item, with ``Delta`` held constant."""
+        if self.adv_type == "random":
+            noise = keras.random.normal((tf.shape(batch.unique)[0], self.feature_dim), seed=self.noise_seed)
+            delta = tf.stop_gradient(self.eps * tf.nn.l2_normalize(noise, axis=1, epsilon=_NORM_FLOOR))
+            return visual + tf.matmul(delta, self.E)
+        grad = tf.stop_gradient(self.visual_gradient(p, batch, x))
+        if self.adv_impl == "dense":
+            return self._dense_perturbed_visual(grad, batch)
+        # Gram matrix with the left factor held constant: d(Delta E)/dE must see Delta as fixed.
+        gram = tf.matmul(tf.stop_gradient(self.E), self.E, transpose_a=True)
+        sq_norm = tf.reduce_sum(tf.matmul(grad, tf.stop_gradient(gram)) * grad, axis=1)
+        scale = self.eps * tf.math.rsqrt(tf.maximum(sq_norm, _NORM_FLOOR))
+        return visual + scale[:, None] * tf.matmul(grad, gram)
+
+    def _dense_perturbed_visual(self, grad, batch):
+        # The original's graph: d BPR / d features as a dense items x F matrix (what tf.gradients
+        # of a gather gives once densified), normalised row-wise, added to all features.
+        feature_grad = tf.IndexedSlices(
+            tf.matmul(grad, tf.stop_gradient(self.E), transpose_b=True),
+            batch.unique,
+            tf.shape(self.features, out_type=batch.unique.dtype),
+        )
+        delta = self.eps * tf.nn.l2_normalize(tf.convert_to_tensor(feature_grad), axis=1, epsilon=_NORM_FLOOR)
+        return tf.matmul(tf.gather(self.features + tf.stop_gradient(delta), batch.unique), self.E)
+
+    def adversarial_bpr(self, p, batch, visual, x):
+        if self.adv_weight == 0.0:  # plain VBPR: no adversary computed
+            return None
+        adv_visual = self.perturbed_visual(p, batch, visual, x)
+        v_adv = batch.q_rows + tf.gather(adv_visual, batch.index)
+        b = tf.shape(p)[0]
+        x_adv = tf.reduce_sum(p * (v_adv[:b] - v_adv[b:]), axis=-1)
+        return tf.reduce_sum(tf.nn.softplus(-x_adv))

@@ -1,0 +1,204 @@
+"""The pairwise (BPR) training loop shared by MF-BPR, VBPR and AMR.
+
+Subclasses say how a batch's item vectors are formed and may add an adversarial term; the
+loss, the three-optimiser update and the metrics live here once. The split follows
+``tensorflow_recommenders``: ``pairwise_losses`` computes, ``train_step`` applies.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from amr_tf.errors import AmrError
+from amr_tf.models.optimizers import Adagrad
+
+
+def _as_pair(values, n, name):
+    values = tuple(float(v) for v in values)
+    if len(values) != n:
+        raise AmrError(f"{name} needs {n} values, got {len(values)}: {values}")
+    return values
+
+
+class ItemBatch:
+    """The items of one batch: positives then negatives, their unique ids and ID embeddings."""
+
+    def __init__(self, q_rows, unique, index):
+        self.q_rows = q_rows  # (2B, K): Q rows of positives then negatives
+        self.unique = unique  # (n,): the distinct item ids of the batch
+        self.index = index  # (2B,): position of each row's item in ``unique``
+
+
+class PairwiseModel(keras.Model):
+    """Base of the BPR models: user embeddings ``P``, item embeddings ``Q``, Adagrad per matrix.
+
+    Scores are ``p_u . v_i``; subclasses define ``v_i``. The loss on a batch of triplets is the
+    original release's: ``sum softplus(-(s_ui - s_uj))`` plus
+    ``r1 sum ||p_u||^2 + r2 sum (||v_i||^2 + ||v_j||^2) + r3 extra`` (sums over batch rows).
+    """
+
+    # Names of the weight matrices, one Adagrad optimiser (and learning rate) each.
+    parameter_names: tuple[str, ...] = ("P", "Q")
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embed_dim: int = 64,
+        regs=(0.0, 0.0, 0.0),
+        learning_rates=None,
+        init_stddev: float = 0.01,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for arg, value in (("num_users", num_users), ("num_items", num_items), ("embed_dim", embed_dim)):
+            if int(value) <= 0:
+                raise AmrError(f"{arg} must be a positive integer, got {value}")
+        self.num_users, self.num_items, self.embed_dim = int(num_users), int(num_items), int(embed_dim)
+        self.regs = _as_pair(regs, 3, "regs")
+        n_params = len(self.parameter_names)
+        if learning_rates is None:
+            learning_rates = (0.01, 1e-4, 1e-3)[:n_params]
+        self.learning_rates = _as_pair(learning_rates, n_params, "learning_rates")
+        if any(lr <= 0 for lr in self.learning_rates):
+            raise AmrError(f"learning rates must be positive, got {self.learning_rates}")
+        self.init_stddev = float(init_stddev)
+        self.seed = seed
+        # The original initialises every matrix with a truncated normal of stddev 0.01.
+        init = keras.initializers.TruncatedNormal(stddev=init_stddev, seed=seed)
+        self.P = self.add_weight(shape=(self.num_users, embed_dim), initializer=init, name="P")
+        init = keras.initializers.TruncatedNormal(stddev=init_stddev, seed=None if seed is None else seed + 1)
+        self.Q = self.add_weight(shape=(self.num_items, embed_dim), initializer=init, name="Q")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.bpr_tracker = keras.metrics.Mean(name="bpr_loss")
+        self.optimizers_by_param: list = []
+        # Every weight's shape is known from the constructor: no deferred build.
+        self.built = True
+
+    # ------------------------------------------------------------------ configuration
+
+    def get_config(self):
+        return {
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "embed_dim": self.embed_dim,
+            "regs": list(self.regs),
+            "learning_rates": list(self.learning_rates),
+            "init_stddev": self.init_stddev,
+            "seed": self.seed,
+        }
+
+    def parameter_groups(self) -> list:
+        return [getattr(self, name) for name in self.parameter_names]
+
+    def compile(self, optimizer=None, **kwargs):
+        """Create one Adagrad (initial accumulator 0.1) per weight matrix, as the original.
+
+        ``optimizer`` may be a list with one optimiser per matrix to override that.
+        """
+        if optimizer is None:
+            optimizer = [Adagrad(learning_rate=lr) for lr in self.learning_rates]
+        if not isinstance(optimizer, (list, tuple)):
+            raise AmrError("compile(optimizer=...) expects a list with one optimiser per weight matrix")
+        if len(optimizer) != len(self.parameter_names):
+            raise AmrError(f"need {len(self.parameter_names)} optimisers ({self.parameter_names}), got {len(optimizer)}")
+        self.optimizers_by_param = list(optimizer)
+        for opt, var in zip(self.optimizers_by_param, self.parameter_groups()):
+            opt.build([var])
+        # Keras' own bookkeeping (iterations, callbacks) uses the first one.
+        super().compile(optimizer=self.optimizers_by_param[0], **kwargs)
+
+    # ------------------------------------------------------------------ scoring
+
+    def user_vectors(self):
+        return tf.convert_to_tensor(self.P)
+
+    def item_vectors(self, features=None):
+        """All items' vectors ``v_i`` (items x K); ``features`` overrides the item features if used."""
+        return tf.convert_to_tensor(self.Q)
+
+    def call(self, inputs):
+        """Scores of ``(users, items)``; items may be (B,) or (B, n) candidates per user."""
+        users, items = inputs
+        users = tf.convert_to_tensor(users)
+        items = tf.convert_to_tensor(items)
+        p = tf.gather(self.user_vectors(), users)
+        v = tf.gather(self.item_vectors(), items)
+        if len(v.shape) == 3:
+            return tf.einsum("bk,bnk->bn", p, v)
+        return tf.reduce_sum(p * v, axis=-1)
+
+    # ------------------------------------------------------------------ training
+
+    def batch_items(self, pos, neg) -> ItemBatch:
+        items = tf.concat([pos, neg], axis=0)
+        unique, index = tf.unique(items)
+        return ItemBatch(tf.gather(self.Q, items), unique, index)
+
+    def batch_item_vectors(self, batch: ItemBatch):
+        """Clean item vectors of the batch rows (2B x K) and the per-unique-item visual part (or None)."""
+        return batch.q_rows, None
+
+    def extra_penalty(self):
+        return tf.constant(0.0)
+
+    def adversarial_bpr(self, p, batch, visual, x):
+        """The adversarial BPR sum on this batch, or ``None`` for models without an adversary."""
+        return None
+
+    def pairwise_losses(self, users, pos, neg):
+        """All loss terms of one batch of triplets: ``loss`` (the objective), ``bpr_loss``, ``adv_loss``."""
+        users = tf.convert_to_tensor(users)
+        b = tf.shape(users)[0]
+        p = tf.gather(self.P, users)
+        batch = self.batch_items(pos, neg)
+        v, visual = self.batch_item_vectors(batch)
+        x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)  # s_ui - s_uj
+        bpr = tf.reduce_sum(tf.nn.softplus(-x))
+        r1, r2, r3 = self.regs
+        # Penalties on the batch rows (repeats count each time), on the whole clean item vector.
+        penalty = r1 * tf.reduce_sum(tf.square(p)) + r2 * tf.reduce_sum(tf.square(v)) + r3 * self.extra_penalty()
+        terms = {"bpr_loss": bpr}
+        loss = bpr + penalty
+        adv = self.adversarial_bpr(p, batch, visual, x)
+        if adv is not None:
+            terms["adv_loss"] = adv
+            loss = loss + self.adv_weight * adv
+        terms["loss"] = loss
+        return terms
+
+    def train_step(self, data):
+        users, pos, neg = data
+        if not self.optimizers_by_param:
+            raise AmrError("call model.compile() before training")
+        variables = self.parameter_groups()
+        with tf.GradientTape() as tape:
+            terms = self.pairwise_losses(users, pos, neg)
+        grads = tape.gradient(terms["loss"], variables)
+        for opt, grad, var in zip(self.optimizers_by_param, grads, variables):
+            opt.apply_gradients([(grad, var)])
+        for tracker in self.metrics:
+            if tracker.name in terms:  # AMR with adv_weight=0 computes no adversarial term
+                tracker.update_state(terms[tracker.name])
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.bpr_tracker]
+
+    def weight_arrays(self) -> dict:
+        """The weight matrices as NumPy arrays, by name (for export and tests)."""
+        return {name: np.asarray(getattr(self, name).numpy()) for name in self.parameter_names}
+
+
+@keras.saving.register_keras_serializable(package="amr_tf")
+class MFBPR(PairwiseModel):
+    """Matrix factorisation with BPR: VBPR without the visual term (``s_ui = p_u . q_i``)."""
+
+    parameter_names = ("P", "Q")
+
+    def __init__(self, num_users, num_items, embed_dim=64, regs=(0.0, 0.0, 0.0), learning_rates=(0.01, 0.01), **kw):
+        super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates, **kw)
