@@ -109,16 +109,11 @@ def _stored_model_shapes(weights_path: Path) -> list[tuple]:
         raise CheckpointError(f"{weights_path}: truncated or corrupt weights file ({exc})") from None
 
 
-def load_weights(model, path) -> None:
-    """Load ``NAME.weights.h5`` (and the optimiser state, if the model is compiled).
-
-    Shapes are checked first so that a checkpoint of another model, dataset or embedding size
-    is reported by the matrix that does not fit.
-    """
-    weights_path, _ = _checkpoint_paths(path)
+def _check_shapes(weights_path: Path, model) -> None:
+    """Raise ``CheckpointError`` naming the first matrix whose stored shape does not fit ``model``."""
     stored = _stored_model_shapes(weights_path)
-    names = getattr(model, "parameter_names", [w.name for w in model.weights])
-    expected = [tuple(w.shape) for w in model.weights]
+    names = list(model.parameter_names)
+    expected = [tuple(getattr(model, name).shape) for name in names]
     if len(stored) != len(expected):
         raise CheckpointError(
             f"{weights_path}: holds {len(stored)} weight matrices {stored}, {type(model).__name__} has "
@@ -130,6 +125,12 @@ def load_weights(model, path) -> None:
                 f"{weights_path}: {name} has shape {have} in the checkpoint but {want} in the model "
                 "(another dataset or embedding size?)"
             )
+
+
+def load_weights(model, path) -> None:
+    """Load ``NAME.weights.h5`` (and the optimiser state, if the model is compiled), shapes checked first."""
+    weights_path, _ = _checkpoint_paths(path)
+    _check_shapes(weights_path, model)
     try:
         model.load_weights(str(weights_path))
     except (ValueError, OSError, KeyError) as exc:
@@ -221,15 +222,7 @@ def load_pretrained(model, path) -> None:
         load_original_npy(path, model)
         return
     weights_path, _ = _checkpoint_paths(path)
-    stored = _stored_model_shapes(weights_path)
-    names = list(model.parameter_names)
-    if len(stored) != len(names):
-        raise CheckpointError(
-            f"{weights_path}: holds {len(stored)} weight matrices, {type(model).__name__} needs {len(names)} ({', '.join(names)})"
-        )
+    _check_shapes(weights_path, model)
     with h5py.File(weights_path, "r") as f:
-        for k, name in enumerate(names):
-            want = tuple(getattr(model, name).shape)
-            if stored[k] != want:
-                raise CheckpointError(f"{weights_path}: {name} has shape {stored[k]}, the model expects {want}")
+        for k, name in enumerate(model.parameter_names):
             getattr(model, name).assign(f["vars"][str(k)][()])

@@ -146,8 +146,9 @@ def _dataset(args):
     return resolve_dataset(args.dataset, cnn=args.cnn, path=args.path)
 
 
-def print_table(rows: dict[str, dict], file=sys.stdout) -> None:
+def print_table(rows: dict[str, dict], file=None) -> None:
     """A Markdown table: one row per model, one column per metric."""
+    file = file or sys.stdout
     cols = list(next(iter(rows.values())).keys())
     print("| model | " + " | ".join(cols) + " |", file=file)
     print("|---|" + "---|" * len(cols), file=file)

@@ -76,9 +76,10 @@ def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int
     def generate():
         epoch = initial_epoch
         while True:
-            yield from sampler.batches(epoch, batch_size)
+            for batch in sampler.batches(epoch, batch_size):
+                yield (batch,)  # a 1-tuple: the triplet is Keras' "x", there is no "y"
             epoch += 1
 
     spec = tf.TensorSpec(shape=[None], dtype=tf.int32)
-    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec, spec))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=((spec, spec, spec),))
     return ds.prefetch(tf.data.AUTOTUNE)

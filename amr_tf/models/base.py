@@ -171,7 +171,8 @@ class PairwiseModel(keras.Model):
         return terms
 
     def train_step(self, data):
-        users, pos, neg = data
+        # (users, positives, negatives) is the model's input "x"; there are no targets.
+        (users, pos, neg), _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not self.optimizers_by_param:
             raise AmrError("call model.compile() before training")
         variables = self.parameter_groups()

@@ -1,0 +1,127 @@
+"""The original directory format, the synthetic generator and the triplet sampler."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from amr_tf.data import TripletSampler, load_amr_dir, make_synthetic, triplet_dataset, write_amr_dir
+from amr_tf.errors import DataError
+
+
+def write_dir(tmp_path, pos="0 1\n1 2\n", neg="3 0 2\n4 0 1\n", feats=None, cnn="resnet"):
+    (tmp_path / "pos.txt").write_text(pos)
+    (tmp_path / "neg.txt").write_text(neg)
+    if feats is None:
+        feats = np.arange(1, 11, dtype=np.float32).reshape(5, 2)
+    np.save(tmp_path / f"f_{cnn}.npy", feats)
+    return tmp_path
+
+
+def test_load_original_format_and_counts(tmp_path):
+    ds = load_amr_dir(write_dir(tmp_path))
+    assert ds.num_users == 2 and ds.num_items == 5
+    assert ds.train_pairs.tolist() == [[0, 1], [1, 2]]
+    assert ds.test_candidates.tolist() == [[3, 0, 2], [4, 0, 1]]
+    # Divided by the single global max |value| (10), not per row or column.
+    np.testing.assert_allclose(ds.features, np.arange(1, 11).reshape(5, 2) / 10.0)
+    assert ds.features.dtype == np.float32
+
+
+def test_num_users_and_items_take_the_larger_of_both_files(tmp_path):
+    ds = load_amr_dir(write_dir(tmp_path, pos="0 1\n", neg="3 0\n4 0\n2 4\n"))
+    assert ds.num_users == 3 and ds.num_items == 5
+
+
+def test_float16_features_load_as_float32(tmp_path):
+    ds = load_amr_dir(write_dir(tmp_path, feats=np.ones((5, 3), np.float16), cnn="effnet"), cnn="effnet")
+    assert ds.features.dtype == np.float32 and ds.feature_dim == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"pos": ""}, r"pos.txt: file is empty"),
+        ({"pos": "0 1\n1\n"}, r"pos.txt, line 2: found 1 values, expected 2"),
+        ({"pos": "0 1\n1 2 3\n"}, r"pos.txt, line 2: found 3 values"),
+        ({"pos": "0 1\n1 x\n"}, r"pos.txt, line 2: 'x' is not an integer"),
+        ({"pos": "0 1\n-1 2\n"}, r"pos.txt, line 2: negative id -1"),
+        ({"pos": "0 9\n"}, r"pos.txt, line 1: item 9 has no feature row"),
+        ({"neg": "3 0 2\n4 0\n"}, r"neg.txt, line 2: found 2 values, expected 3"),
+        ({"feats": np.array([[1.0, np.nan]] * 5)}, r"row 0, column 1 is nan"),
+        ({"feats": np.zeros((5, 2))}, r"all features are zero"),
+        ({"feats": np.ones(5)}, r"must be 2-D"),
+        ({"feats": np.array([["a"]] * 5)}, r"numeric"),
+    ],
+)
+def test_bad_files_give_clear_errors(tmp_path, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        load_amr_dir(write_dir(tmp_path, **kwargs))
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(DataError, match="dataset directory not found"):
+        load_amr_dir(tmp_path / "nope")
+    write_dir(tmp_path, cnn="effnet")
+    with pytest.raises(DataError, match=r"f_resnet.npy: required file is missing \(found: f_effnet.npy"):
+        load_amr_dir(tmp_path)
+
+
+def test_candidate_that_is_a_training_item_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"neg.txt, line 1: negative candidate 1 is a training item of user 0"):
+        load_amr_dir(write_dir(tmp_path, neg="3 1 2\n4 0 1\n"))
+
+
+def test_write_then_load_round_trip(tmp_path, tiny_dataset):
+    write_amr_dir(tiny_dataset, tmp_path, cnn="x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = load_amr_dir(tmp_path, cnn="x")
+    assert back.num_users == tiny_dataset.num_users and back.num_items == tiny_dataset.num_items
+    np.testing.assert_array_equal(back.train_pairs, tiny_dataset.train_pairs)
+    np.testing.assert_array_equal(back.test_candidates, tiny_dataset.test_candidates)
+    np.testing.assert_allclose(back.features, tiny_dataset.features, rtol=1e-6)
+
+
+def test_synthetic_is_seeded_and_well_formed():
+    a = make_synthetic(50, 80, 16, num_pairs=150, num_negatives=30, seed=7)
+    b = make_synthetic(50, 80, 16, num_pairs=150, num_negatives=30, seed=7)
+    c = make_synthetic(50, 80, 16, num_pairs=150, num_negatives=30, seed=8)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert len(a.train_pairs) == 150 and a.test_candidates.shape == (50, 31)
+    train = a.train_matrix.toarray() > 0
+    for u, row in enumerate(a.test_candidates):
+        assert not train[u, row].any()  # neither the test item nor the negatives were trained on
+        assert len(set(row)) == len(row)
+
+
+def test_sampler_rejects_training_and_cold_items(tiny_dataset):
+    ds = tiny_dataset
+    train = ds.train_matrix.toarray() > 0
+    cold = ds.cold_start_items
+    s = TripletSampler(ds, seed=0)
+    u, i, j = s.sample_epoch(0)
+    assert sorted(zip(u.tolist(), i.tolist())) == sorted(map(tuple, ds.train_pairs.tolist()))
+    assert not train[u, j].any() and not cold[j].any()
+    u2, _, j2 = TripletSampler(ds, seed=0, exclude_cold_start=False).sample_epoch(0)
+    assert not train[u2, j2].any()
+    if cold.any():
+        draws = np.concatenate([TripletSampler(ds, seed=0, exclude_cold_start=False).sample_epoch(e)[2] for e in range(20)])
+        assert cold[draws].any()  # the switch really lets cold items through
+
+
+def test_sampler_epochs_are_reproducible_and_distinct(tiny_dataset):
+    a, b = TripletSampler(tiny_dataset, seed=5), TripletSampler(tiny_dataset, seed=5)
+    for x, y in zip(a.sample_epoch(3), b.sample_epoch(3)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.sample_epoch(3)[0], a.sample_epoch(4)[0])
+
+
+def test_triplet_dataset_keeps_the_last_partial_batch(tiny_dataset):
+    s = TripletSampler(tiny_dataset, seed=0)
+    n = len(tiny_dataset.train_pairs)
+    steps = s.steps_per_epoch(64)
+    sizes = [int(x[0][0].shape[0]) for x in triplet_dataset(s, 64).take(steps)]
+    assert sum(sizes) == n and sizes[-1] == n - 64 * (steps - 1)
+    first = next(iter(triplet_dataset(s, n, initial_epoch=2)))[0]
+    np.testing.assert_array_equal(first[2].numpy(), s.sample_epoch(2)[2])

@@ -1,0 +1,199 @@
+"""The models against an independent NumPy reference, and the properties of the adversary."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amr_tf.models import AMR, MFBPR, VBPR
+from tests import numpy_reference as ref
+
+REGS = (0.1, 1e-3, 0.01)
+LRS = (0.01, 1e-4, 1e-3)
+
+
+def random_problem(rng, users=7, items=9, feats=11, k=5, batch=16):
+    """A small problem whose batch repeats users and items, as positives and negatives."""
+    C = rng.random((items, feats)).astype(np.float32)
+    C /= np.abs(C).max()
+    P, Q, E = (rng.normal(scale=0.3, size=s).astype(np.float32) for s in ((users, k), (items, k), (feats, k)))
+    u = rng.integers(0, users, batch).astype(np.int32)
+    i = rng.integers(0, items, batch).astype(np.int32)
+    j = (i + 1 + rng.integers(0, items - 1, batch)).astype(np.int32) % items
+    u[:3], i[:3], j[3] = 0, 2, 2  # repeated user; item 2 as a positive thrice and a negative once
+    assert len(np.unique(u)) < batch and len(np.unique(np.concatenate([i, j]))) < 2 * batch
+    return C, P, Q, E, u, i, j
+
+
+def make(cls, C, P, Q, E, **kw):
+    model = cls(P.shape[0], Q.shape[0], C, embed_dim=P.shape[1], regs=REGS, learning_rates=LRS, **kw)
+    model.compile()
+    model.P.assign(P)
+    model.Q.assign(Q)
+    model.E.assign(E)
+    return model
+
+
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (VBPR, {}),
+        (AMR, {"eps": 0.5, "adv_weight": 0.7}),
+        (AMR, {"eps": 0.5, "adv_weight": 0.7, "adv_impl": "dense"}),
+    ],
+)
+def test_one_step_matches_numpy_reference(rng, cls, kw):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = make(cls, C, P, Q, E, **kw)
+    eps, lmd = kw.get("eps", 0.0), kw.get("adv_weight", 0.0)
+    (P1, Q1, E1), _, (total, bpr, adv) = ref.train_step(P, Q, E, C, u, i, j, REGS, LRS, eps, lmd)
+
+    terms = {k: float(v) for k, v in model.pairwise_losses(u, i, j).items()}
+    np.testing.assert_allclose(terms["loss"], total, rtol=1e-5)
+    np.testing.assert_allclose(terms["bpr_loss"], bpr, rtol=1e-5)
+    if lmd:
+        np.testing.assert_allclose(terms["adv_loss"], adv, rtol=1e-5)
+        assert adv > bpr  # the adversary hurts
+
+    model.train_on_batch((u, i, j))
+    for name, want in (("P", P1), ("Q", Q1), ("E", E1)):
+        got = getattr(model, name).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    # The step moved every matrix (so the comparison is not vacuous).
+    for name, before in (("P", P), ("Q", Q), ("E", E)):
+        assert np.abs(getattr(model, name).numpy() - before).max() > 1e-5
+
+
+def test_several_steps_match_reference_with_accumulators(rng):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = make(AMR, C, P, Q, E, eps=0.3, adv_weight=1.0)
+    params, accums = (P, Q, E), None
+    for step in range(3):
+        perm = np.random.default_rng(step).permutation(len(u))
+        params, accums, _ = ref.train_step(*params, C, u[perm], i[perm], j[perm], REGS, LRS, 0.3, 1.0, accums)
+        model.train_on_batch((u[perm], i[perm], j[perm]))
+    for name, want in zip("PQE", params):
+        np.testing.assert_allclose(getattr(model, name).numpy(), want, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_amr_with_zero_weight_trains_exactly_like_vbpr(rng):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    vbpr = make(VBPR, C, P, Q, E)
+    amr = make(AMR, C, P, Q, E, eps=0.5, adv_weight=0.0)
+    for step in range(4):
+        perm = np.random.default_rng(step).permutation(len(u))
+        vbpr.train_on_batch((u[perm], i[perm], j[perm]))
+        amr.train_on_batch((u[perm], i[perm], j[perm]))
+    for name in "PQE":
+        np.testing.assert_array_equal(getattr(vbpr, name).numpy(), getattr(amr, name).numpy())
+
+
+def test_projected_and_dense_adversary_train_identically(rng):
+    C, P, Q, E, u, i, j = random_problem(rng, feats=40)
+    a = make(AMR, C, P, Q, E, eps=0.2)
+    b = make(AMR, C, P, Q, E, eps=0.2, adv_impl="dense")
+    for _ in range(3):
+        a.train_on_batch((u, i, j))
+        b.train_on_batch((u, i, j))
+    for name in "PQE":
+        np.testing.assert_allclose(getattr(a, name).numpy(), getattr(b, name).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def _perturbation(model, u, i, j):
+    """Delta (dense, items x F) as the model applies it, recovered from its projected effect."""
+    p = tf.gather(model.P, u)
+    batch = model.batch_items(i, j)
+    v, visual = model.batch_item_vectors(batch)
+    b = len(u)
+    x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)
+    return batch, model.perturbed_visual(p, batch, visual, x) - visual
+
+
+@pytest.mark.parametrize("adv_type", ["grad", "random"])
+def test_perturbation_has_norm_eps_per_item(rng, adv_type):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = make(AMR, C, P, Q, E, eps=0.37, adv_type=adv_type, adv_impl="dense" if adv_type == "grad" else "projected")
+    if adv_type == "grad":
+        delta = ref.adversary(P, Q, E, C, u, i, j, 0.37)
+        items = np.unique(np.concatenate([i, j]))
+        np.testing.assert_allclose(np.linalg.norm(delta[items], axis=1), 0.37, rtol=1e-6)
+        others = np.setdiff1d(np.arange(len(C)), items)
+        assert np.all(delta[others] == 0)
+    # The model's Delta E equals eps * unit(d) E for some d: check its norm through E's pseudo-inverse
+    # would be ill-posed, so check instead against the reference Delta E (grad) / the norm bound (random).
+    batch, dE = _perturbation(model, u, i, j)
+    if adv_type == "grad":
+        want = delta[batch.unique.numpy()] @ E
+        np.testing.assert_allclose(dE.numpy(), want, rtol=1e-4, atol=1e-6)
+    else:
+        smax = np.linalg.svd(E, compute_uv=False)[0]
+        assert np.all(np.linalg.norm(dE.numpy(), axis=1) <= 0.37 * smax * (1 + 1e-5))
+
+
+def test_perturbation_increases_loss_to_first_order(rng):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    clean = ref.losses(P, Q, E, C, u, i, j, (0, 0, 0))[1]
+    for eps in (1e-3, 1e-2):
+        delta = ref.adversary(P, Q, E, C, u, i, j, eps)
+        model = make(AMR, C, P, Q, E, eps=eps)
+        adv = float(model.pairwise_losses(u, i, j)["adv_loss"])
+        g = ref.adversary(P, Q, E, C, u, i, j, 1.0)  # unit directions
+        assert adv > clean
+        # First order: L(C + Delta) - L(C) ~ <grad, Delta> = eps * sum of per-item gradient norms.
+        raw = np.zeros_like(C)
+        p = P[u]
+        a = -ref.sigmoid(-np.sum(p * ((Q[i] + C[i] @ E) - (Q[j] + C[j] @ E)), axis=1))
+        np.add.at(raw, i, (a[:, None] * p) @ E.T)
+        np.add.at(raw, j, (-a[:, None] * p) @ E.T)
+        predicted = np.sum(raw * delta)
+        assert predicted > 0 and np.isclose(np.sum(raw * g) * eps, predicted)
+        np.testing.assert_allclose(adv - clean, predicted, rtol=0.05)
+
+
+def test_no_gradient_flows_through_the_perturbation(rng):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = make(AMR, C, P, Q, E, eps=0.4, adv_weight=1.0)
+    with tf.GradientTape() as tape:
+        loss = model.pairwise_losses(u, i, j)["loss"]
+    got = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, [model.P, model.Q, model.E])]
+    # Reference gradients with Delta as a constant; letting it depend on E would change gE.
+    want = ref.gradients(*(a.astype(np.float64) for a in (P, Q, E, C)), u, i, j, REGS, 0.4, 1.0)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_mfbpr_is_vbpr_without_the_visual_term(rng):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    mf = MFBPR(P.shape[0], Q.shape[0], embed_dim=P.shape[1], regs=REGS, learning_rates=LRS[:2])
+    mf.compile()
+    mf.P.assign(P)
+    mf.Q.assign(Q)
+    zero = np.zeros_like(C)
+    (P1, Q1, _), _, (total, _, _) = ref.train_step(P, Q, E * 0, zero, u, i, j, (REGS[0], REGS[1], 0.0), LRS)
+    np.testing.assert_allclose(float(mf.pairwise_losses(u, i, j)["loss"]), total, rtol=1e-5)
+    mf.train_on_batch((u, i, j))
+    np.testing.assert_allclose(mf.P.numpy(), P1, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mf.Q.numpy(), Q1, rtol=1e-5, atol=1e-7)
+
+
+def test_scores_call_matches_formula(rng):
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = make(VBPR, C, P, Q, E)
+    want = np.sum(P[u] * (Q[i] + C[i] @ E), axis=1)
+    np.testing.assert_allclose(model((u, i)).numpy(), want, rtol=1e-5, atol=1e-6)
+    cands = np.stack([i, j], axis=1)
+    got = model((u, cands)).numpy()
+    np.testing.assert_allclose(got[:, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_hyper_parameters_raise_project_error(rng):
+    from amr_tf.errors import AmrError
+
+    C, *_ = random_problem(rng)
+    with pytest.raises(AmrError, match="adv_type"):
+        AMR(3, C.shape[0], C, adv_type="pgd")
+    with pytest.raises(AmrError, match="eps"):
+        AMR(3, C.shape[0], C, eps=-1)
+    with pytest.raises(AmrError, match="embed_dim"):
+        VBPR(3, C.shape[0], C, embed_dim=0)
+    with pytest.raises(AmrError, match="learning_rates"):
+        VBPR(3, C.shape[0], C, learning_rates=(0.1, 0.1))
