@@ -1,11 +1,21 @@
-"""Atomic file writes: a temporary file in the same directory, flushed, fsynced, then renamed."""
+"""Atomic file writes: a temporary file in the same directory, flushed, fsynced, then renamed.
+
+A reader therefore sees either the old complete file or the new complete file, never a
+half-written one, even if the writer is killed (``SIGKILL``, power loss after the fsync).
+Temporary files are named ``.<target>.<8 random chars>.tmp[<suffix>]``: hidden, and recognisable
+by ``remove_stale_temp_files``, which deletes the ones a killed process left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+# What ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp<suffix>")`` produces (8 chars of [a-z0-9_]).
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\..+)?$")
 
 
 @contextlib.contextmanager
@@ -19,6 +29,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result should not be
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
@@ -46,3 +57,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like one of ``atomic_path``'s temporary files."""
+    return TEMP_NAME.match(Path(path).name) is not None
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted writer left in ``directory`` (not recursive).
+
+    Only call this where no other process is writing (a run's own checkpoint directory at
+    start-up): a live writer's temporary file would be removed under it. Returns what was removed.
+    """
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in sorted(directory.iterdir()):
+        if is_temp_file(entry) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
