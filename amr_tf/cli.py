@@ -2,6 +2,8 @@
 
 ``train`` accepts the original release's flag names (``--lr '[0.01,1e-4,1e-3]'`` etc.). Problems
 with the input are reported as one ``error:`` line and a non-zero exit status, never a traceback.
+``train --resume`` continues the run in ``--weight_dir`` from its ``last`` checkpoint (see
+docs/errors.md); a NaN/Inf loss stops training and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def float_list(length: int, minimum: float = 0.0, strict: bool = False):
     return parse
 
 
-def number(kind, minimum, strict: bool):
+def number(kind, minimum, strict: bool, maximum=None):
     def parse(text: str):
         try:
             value = kind(text)
@@ -61,6 +63,8 @@ def number(kind, minimum, strict: bool):
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
         return value
 
     return parse
@@ -69,6 +73,14 @@ def number(kind, minimum, strict: bool):
 positive_int = number(int, 0, strict=True)
 non_negative_int = number(int, 0, strict=False)
 non_negative_float = number(float, 0.0, strict=False)
+seed_int = number(int, 0, strict=False, maximum=2**32 - 1)  # what NumPy's legacy seeding accepts
+
+# Flags that define what is trained: on --resume they default to the checkpoint's values, and
+# giving one explicitly with another value is an error (the continuation would not be the same run).
+RESUME_FIXED = ("model", "adv", "adv_type", "lr", "regs", "epsilon", "lmd", "emb1_K", "batch_size", "seed",
+                "cold_start_rule", "protocol")
+# Taken from the checkpoint unless given (the dataset's fingerprint is checked instead of its name).
+RESUME_INHERITED = ("dataset", "path", "cnn", "epoch", "verbose", "save_every", "logdir")
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -109,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--logdir", default=None, help="TensorBoard log directory (default <weight_dir>/logs)")
     t.add_argument("--pretrained", default=None,
                    help="initialise from a checkpoint (NAME or NAME.weights.h5) or an original-release .npy")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=seed_int, default=0,
+                   help="seeds initialisation, sampling and the random adversary; with it a CPU run is "
+                        "bit-for-bit repeatable (TensorFlow op determinism)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --weight_dir from its 'last' checkpoint (weights, Adagrad state, "
+                        "epoch, random state); starts from epoch 0 if there is none yet")
+    t.add_argument("--save_every", type=non_negative_int, default=1,
+                   help="also write the 'last' checkpoint every N epochs between evaluations, to resume "
+                        "from (0: only when evaluating; default 1)")
     t.add_argument("--cold_start_rule", type=parse_bool, default=True,
                    help="reject cold-start test items as negatives, as the original did (uses test information)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -156,13 +176,81 @@ def print_table(rows: dict[str, dict], file=None) -> None:
         print(f"| {name} | " + " | ".join(f"{metrics[c]:.4f}" for c in cols) + " |", file=file)
 
 
-def cmd_train(args) -> int:
-    from amr_tf.callbacks import EvaluationCallback
-    from amr_tf.checkpoints import load_pretrained, save_checkpoint
-    from amr_tf.evaluation import evaluate
-    from amr_tf.io import atomic_write_text
-    from amr_tf.training import build_model, fit, set_seed
+def _plain(value):
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons with a manifest."""
+    return json.loads(json.dumps(value))
 
+
+def _resume_args(args, manifest: dict, where: Path):
+    """``args`` with the training configuration recorded in the checkpoint ``manifest``."""
+    stored = manifest.get("args")
+    if not isinstance(stored, dict):
+        raise AmrError(f"{where}: the checkpoint records no training configuration ('args'); "
+                       "it was not written by 'python -m amr_tf train' and cannot be resumed")
+    epoch = manifest.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise AmrError(f"{where}: the checkpoint's epoch counter is {epoch!r}; expected a non-negative integer")
+    explicit = getattr(args, "_explicit", set())
+    conflicts = []
+    for key in RESUME_FIXED + RESUME_INHERITED:
+        if key not in stored:
+            continue
+        if key in explicit:
+            if key in RESUME_FIXED and _plain(getattr(args, key)) != _plain(stored[key]):
+                conflicts.append(f"--{key} {getattr(args, key)} (the run used {stored[key]})")
+            continue
+        value = stored[key]
+        setattr(args, key, tuple(value) if isinstance(value, list) else value)
+    if conflicts:
+        raise AmrError(f"--resume: {', '.join(conflicts)}; a resumed run keeps its configuration "
+                       "(start a new --weight_dir to change it)")
+    return args, epoch
+
+
+def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, epochs_done, resumed_from,
+                   seconds) -> None:
+    from amr_tf.checkpoints import provenance
+    from amr_tf.io import atomic_write_text
+
+    best = evaluator.best if math.isfinite(evaluator.best) else None
+    summary = {
+        "model": name,
+        "dataset": ds.record(),
+        "epochs": epochs_done,
+        "resumed_from_epoch": resumed_from,
+        "train_seconds": round(seconds, 2),
+        "final": final,
+        "best_epoch": evaluator.best_epoch,
+        "best_NDCG@10": best,
+        "evaluations": evaluator.history,
+        "seed": args.seed,
+        "command": command,
+        "config": _config(args),
+        "provenance": provenance(),
+    }
+    atomic_write_text(weight_dir / "metrics.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def _config(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv")}
+
+
+def cmd_train(args) -> int:
+    from amr_tf.checkpoints import read_manifest
+    from amr_tf.evaluation import evaluate
+    from amr_tf.io import directory_lock
+    from amr_tf.training import build_model, set_seed
+
+    resume, initial_epoch = None, 0
+    if args.resume:
+        if not args.weight_dir:
+            raise AmrError("--resume needs --weight_dir: the directory of the run to continue")
+        last = Path(args.weight_dir) / "last"
+        if any(Path(f"{last}{ext}").exists() for ext in (".weights.h5", ".json")):
+            resume = read_manifest(last)
+            args, initial_epoch = _resume_args(args, resume, last)
+        else:
+            print(f"--resume: no checkpoint in {args.weight_dir} yet; starting from epoch 0")
     set_seed(args.seed)
     ds = _dataset(args)
     print(ds.summary())
@@ -174,34 +262,86 @@ def cmd_train(args) -> int:
     if name == "POP":
         print_table({"POP": evaluate(model, ds, protocol=args.protocol)})
         return 0
-    if args.pretrained:
-        load_pretrained(model, args.pretrained)
-        print(f"initialised from {args.pretrained}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     weight_dir = Path(args.weight_dir or f"runs/{ds.name}-{name.lower()}-{stamp}")
+    try:
+        with directory_lock(weight_dir):
+            return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
+    except BlockingIOError:
+        raise AmrError(f"{weight_dir}: another training process is writing to this directory; wait for it to "
+                       "finish or choose another --weight_dir") from None
+
+
+def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) -> int:
+    """The rest of ``cmd_train``, while holding ``weight_dir``'s lock."""
+    from amr_tf.callbacks import EvaluationCallback
+    from amr_tf.checkpoints import load_pretrained, load_weights, read_manifest, restore_seed_generators
+    from amr_tf.errors import CheckpointError, TrainingDivergedError
+    from amr_tf.evaluation import evaluate
+    from amr_tf.io import remove_stale_temp_files
+    from amr_tf.training import fit
+
+    removed = remove_stale_temp_files(weight_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted run in {weight_dir}")
+    if resume is not None:
+        last = weight_dir / "last"
+        fp = (resume.get("dataset") or {}).get("fingerprint")
+        if fp != ds.fingerprint:
+            raise CheckpointError(
+                f"{last}: --resume: the run was trained on dataset {(resume.get('dataset') or {}).get('name')!r} "
+                f"(SHA-256 {str(fp)[:12]}...) but --dataset {args.dataset} gives {ds.name!r} "
+                f"(SHA-256 {ds.fingerprint[:12]}...)"
+            )
+        if resume.get("model") != type(model).__name__:
+            raise CheckpointError(f"{last}: holds a {resume.get('model')} model, not {type(model).__name__}")
+        load_weights(model, last)  # weights and the three Adagrad accumulators and counters
+        restore_seed_generators(model, resume.get("seed_generators"), source=last)
+        print(f"resuming {weight_dir} from epoch {initial_epoch}")
+    elif args.pretrained:
+        load_pretrained(model, args.pretrained)
+        print(f"initialised from {args.pretrained}")
     logdir = Path(args.logdir or weight_dir / "logs")
-    command = " ".join(["python -m amr_tf"] + sys.argv[1:])
-    cfg = {k: v for k, v in vars(args).items() if k != "handler"}
+    command = " ".join(["python -m amr_tf"] + list(getattr(args, "_argv", sys.argv[1:])))
+    cfg = _config(args)
     evaluator = EvaluationCallback(ds, every=args.verbose, logdir=logdir, checkpoint_dir=weight_dir,
                                    protocol=args.protocol, manifest_extra={"command": command, "args": cfg},
-                                   print_fn=print if args.quiet else None)  # the progress bar shows them
+                                   print_fn=print if args.quiet else None,  # the progress bar shows them
+                                   save_every=args.save_every)
     evaluator.set_model(model)
-    start_metrics = evaluator.evaluate_now(0)
+    if resume is None:
+        evaluator.evaluate_now(0)  # also writes the epoch-0 'last' and 'best' checkpoints
+    elif (weight_dir / "best.json").exists() or (weight_dir / "best.weights.h5").exists():
+        try:
+            evaluator.restore(read_manifest(weight_dir / "best"))
+        except CheckpointError as exc:
+            print(f"warning: {exc}; the best checkpoint will be chosen afresh", file=sys.stderr)
+    epochs = max(args.epoch, initial_epoch)
     started = time.perf_counter()
-    fit(model, ds, epochs=args.epoch, batch_size=args.batch_size, seed=args.seed, callbacks=[evaluator],
-        verbose=0 if args.quiet else "auto", exclude_cold_start=args.cold_start_rule)
+    if initial_epoch < args.epoch:
+        try:
+            fit(model, ds, epochs=args.epoch, batch_size=args.batch_size, seed=args.seed, callbacks=[evaluator],
+                verbose=0 if args.quiet else "auto", exclude_cold_start=args.cold_start_rule,
+                initial_epoch=initial_epoch)
+        except TrainingDivergedError as exc:
+            kept = weight_dir / "last"
+            try:
+                at = f" (epoch {read_manifest(kept).get('epoch')})"
+            except CheckpointError:
+                at = ""
+            raise TrainingDivergedError(f"{exc}. The last good checkpoint is kept: {kept}{at}") from None
+    else:
+        print(f"{weight_dir} is already trained for {initial_epoch} epochs (--epoch {args.epoch}); nothing to do")
     seconds = time.perf_counter() - started
-    final = evaluator.history[-1] if evaluator.history else {"epoch": 0, **start_metrics}
-    final = {k: v for k, v in final.items() if k != "epoch"}
-    if args.epoch == 0:
-        save_checkpoint(model, weight_dir / "last", ds, command=command, args=cfg, epoch=0, metrics=final)
-    summary = {"model": name, "dataset": ds.name, "epochs": args.epoch, "train_seconds": round(seconds, 2),
-               "final": final, "best_epoch": evaluator.best_epoch, "best_NDCG@10": evaluator.best,
-               "command": command}
-    atomic_write_text(weight_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    print(f"\ntrained {args.epoch} epochs in {seconds:.1f} s; checkpoints in {weight_dir}, "
+    if evaluator.history and evaluator.history[-1]["epoch"] == epochs:
+        final = {k: v for k, v in evaluator.history[-1].items() if k != "epoch"}
+    else:  # a resumed run that was already complete
+        final = evaluate(model, ds, protocol=args.protocol)
+    _write_summary(weight_dir, ds, args, name, command, final, evaluator, epochs,
+                   initial_epoch if resume is not None else None, seconds)
+    print(f"\ntrained {epochs - initial_epoch} epochs in {seconds:.1f} s; checkpoints in {weight_dir}, "
           f"TensorBoard: tensorboard --logdir {logdir}")
-    print_table({f"{name} (epoch {args.epoch})": final})
+    print_table({f"{name} (epoch {epochs})": final})
     return 0
 
 
@@ -230,16 +370,15 @@ def cmd_evaluate(args) -> int:
 def cmd_convert(args) -> int:
     import numpy as np
 
-    from amr_tf.checkpoints import load_original_npy, save_checkpoint
+    from amr_tf.checkpoints import load_original_npy, read_original_npy, save_checkpoint
     from amr_tf.models import VBPR
 
-    try:
-        arrays = np.load(args.npy, allow_pickle=True, encoding="latin1")
-        (nu, k), (ni, _), (f, _) = (np.shape(a) for a in arrays)
-    except FileNotFoundError:
-        raise AmrError(f"{args.npy}: file not found") from None
-    except Exception as exc:
-        raise AmrError(f"{args.npy}: expected the original release's pickled [P, Q, E] ({exc})") from None
+    arrays = read_original_npy(args.npy)
+    shapes = [np.shape(a) for a in arrays]
+    if len(shapes) != 3 or any(len(s) != 2 for s in shapes) or len({s[1] for s in shapes}) != 1:
+        raise AmrError(f"{args.npy}: expected the original release's [P, Q, E] (three matrices with K "
+                       f"columns each), got shapes {shapes}")
+    (nu, k), (ni, _), (f, _) = shapes
     ds = None
     if args.dataset:
         ds = _dataset(args)
@@ -254,9 +393,25 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _explicit_dests(argv) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = argv
+    args._explicit = _explicit_dests(argv)
     try:
         return args.handler(args)
     except AmrError as exc:

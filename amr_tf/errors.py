@@ -1,4 +1,8 @@
-"""The project's own error type: every bad input surfaces as an ``AmrError`` with a clear message."""
+"""The project's own error types: every bad input surfaces as an ``AmrError`` with a clear message.
+
+The command line prints ``error: <message>`` and exits with status 2 for any ``AmrError``; a
+message names the file (and line, row or matrix) at fault and what was expected instead.
+"""
 
 
 class AmrError(Exception):
@@ -11,3 +15,7 @@ class DataError(AmrError, ValueError):
 
 class CheckpointError(AmrError, ValueError):
     """A checkpoint or weights file does not fit the model or is corrupt."""
+
+
+class TrainingDivergedError(AmrError, ArithmeticError):
+    """The training loss or the weights became NaN or infinite; nothing was saved from that epoch on."""

@@ -82,7 +82,45 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which would race with other
+# threads creating files if it were done on every write.
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
+
+
+LOCK_NAME = ".amr_tf.lock"
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike):
+    """Hold an exclusive advisory lock on ``directory`` (file ``.amr_tf.lock``) for the block.
+
+    Raises ``BlockingIOError`` at once if another process holds it. The operating system releases
+    the lock when the holder exits, however it exits (``SIGKILL`` included), so a stale lock file
+    never blocks anything. Where ``fcntl`` is unavailable (Windows) this does nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

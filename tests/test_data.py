@@ -42,7 +42,7 @@ def test_float16_features_load_as_float32(tmp_path):
     "kwargs,match",
     [
         ({"pos": ""}, r"pos.txt: file is empty"),
-        ({"pos": "0 1\n1\n"}, r"pos.txt, line 2: found 1 values, expected 2"),
+        ({"pos": "0 1\n1\n"}, r"pos.txt, line 2: found 1 value, expected 2"),
         ({"pos": "0 1\n1 2 3\n"}, r"pos.txt, line 2: found 3 values"),
         ({"pos": "0 1\n1 x\n"}, r"pos.txt, line 2: 'x' is not an integer"),
         ({"pos": "0 1\n-1 2\n"}, r"pos.txt, line 2: negative id -1"),

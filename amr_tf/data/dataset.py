@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import warnings
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.lib import format as npformat
 
 from amr_tf.errors import DataError
 from amr_tf.io import atomic_write_bytes, atomic_write_text
@@ -75,6 +77,28 @@ class AmrDataset:
             h.update(a.tobytes())
         return h.hexdigest()
 
+    def record(self) -> dict:
+        """What result files store about the dataset: name, ``fingerprint`` (SHA-256 over the
+        parsed arrays) and, for a directory, its path and the SHA-256 of each source file."""
+        out = {"name": self.name, "fingerprint": self.fingerprint}
+        if self.path is not None:
+            out["path"] = self.path
+            out["files_sha256"] = self._files_sha256
+        return out
+
+    @cached_property
+    def _files_sha256(self) -> dict:
+        files = {}
+        root = Path(self.path)
+        for f in sorted(root.iterdir()) if root.is_dir() else ():
+            if f.is_file() and (f.name in ("pos.txt", "neg.txt") or f.name.startswith("f_")):
+                h = hashlib.sha256()
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+                files[f.name] = h.hexdigest()
+        return files
+
     def summary(self) -> str:
         n_cand = self.test_candidates.shape[1] - 1 if self.test_candidates.size else 0
         return (
@@ -86,69 +110,144 @@ class AmrDataset:
 
 # ---------------------------------------------------------------------------- reading
 
+_PLAIN_INTS = re.compile(r"[0-9 \t\r\n]*")  # the common case: ASCII digits and whitespace only
+_DIGITS = re.compile(r"[0-9]+")
+_NEGATIVE = re.compile(r"-[0-9]+")
+_MAX_ID = 2**62  # far beyond any real id; keeps products like ``user * num_items`` inside int64
 
-def _read_int_table(path: Path, expected_cols: int | None) -> np.ndarray:
-    """Parse a whitespace-separated table of non-negative ints with line-precise errors."""
+
+def _read_text(path: Path, what: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8/ASCII text file ({exc})") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: required file is missing") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory; expected {what}") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    rows = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is tolerated
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not text; expected {what} (UTF-8/ASCII)"
+        ) from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _read_int_table(path: Path, expected_cols: int | None, what: str) -> np.ndarray:
+    """Parse a whitespace-separated table of non-negative ints with line-precise errors.
+
+    Lines are counted as an editor does (``\\n``); blank lines are skipped. With
+    ``expected_cols=None`` every line must have as many values as the first.
+    """
+    text = _read_text(path, what)
+    rows = [(n, line.split()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if not rows:
-        raise DataError(f"{path}: file is empty; expected at least one line of integers")
+        raise DataError(f"{path}: file is empty; expected {what}")
     width = expected_cols if expected_cols is not None else len(rows[0][1])
+    plain = _PLAIN_INTS.fullmatch(text) is not None
     for n, toks in rows:
         if len(toks) != width:
-            what = f"{expected_cols} integers" if expected_cols else f"{width} integers like line {rows[0][0]}"
-            raise DataError(f"{path}, line {n}: found {len(toks)} values, expected {what}")
-    flat = [t for _, toks in rows for t in toks]
+            want = f"{expected_cols} integers" if expected_cols else f"{width} integers like line {rows[0][0]}"
+            raise DataError(f"{path}, line {n}: found {_count(len(toks), 'value')}, expected {want}")
+        for t in toks:
+            if plain and len(t) < 19:
+                continue
+            if _DIGITS.fullmatch(t):
+                if int(t) >= _MAX_ID:
+                    raise DataError(f"{path}, line {n}: id {t} is too large; ids are 0-based row indices")
+            elif _NEGATIVE.fullmatch(t):
+                raise DataError(f"{path}, line {n}: negative id {t}; ids must be 0-based non-negative ints")
+            else:
+                shown = t if len(t) <= 40 else t[:40] + "..."
+                raise DataError(f"{path}, line {n}: {shown!r} is not an integer id; expected {what}")
+    return np.array([t for _, toks in rows for t in toks], dtype=np.int64).reshape(len(rows), width)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)`` with a ``DataError`` for every way the file can be bad.
+
+    The header is checked against the file size before any data is read, so a truncated file
+    (or a corrupt header claiming a huge shape) is reported instead of allocating memory for it.
+    """
     try:
-        table = np.array(flat, dtype=np.int64).reshape(len(rows), width)
-    except (ValueError, OverflowError):
-        for n, toks in rows:
-            for t in toks:
-                try:
-                    int(t)
-                except ValueError:
-                    raise DataError(f"{path}, line {n}: {t!r} is not an integer id") from None
-        raise DataError(f"{path}: integer out of range") from None
-    bad = np.argwhere(table < 0)
-    if len(bad):
-        r, c = bad[0]
-        raise DataError(
-            f"{path}, line {rows[r][0]}: negative id {table[r, c]}; ids must be 0-based non-negative ints"
-        )
-    return table
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: feature file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory; expected a .npy feature file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        magic = fh.read(6)
+        if size == 0:
+            raise DataError(f"{path}: file is empty; expected a .npy array of item features")
+        if magic != b"\x93NUMPY":
+            if magic.startswith(b"PK"):
+                kind = "a .npz/zip archive"
+            elif magic[:1] == b"\x80":
+                kind = "a pickled Python object (pickled files are only accepted for the original release's weights, see load_original_npy)"
+            else:
+                kind = "not a .npy file (no NumPy header)"
+            raise DataError(f"{path}: {kind}; expected a .npy array of item features (np.save)")
+        fh.seek(0)
+        try:
+            version = npformat.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+            else:
+                shape, fortran, dtype = npformat._read_array_header(fh, version)
+        except Exception as exc:  # noqa: BLE001 - NumPy raises ValueError, SyntaxError, TokenError...
+            raise DataError(f"{path}: corrupt or truncated .npy header ({exc})") from None
+        if dtype.hasobject:
+            raise DataError(
+                f"{path}: contains pickled Python objects (dtype {dtype}); expected a plain numeric array "
+                "(pickled files are only accepted for the original release's weights, see load_original_npy)"
+            )
+        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        available = size - fh.tell()
+        if available < expected:
+            raise DataError(
+                f"{path}: truncated: the header declares a {dtype} array of shape {shape} "
+                f"({expected} bytes of data) but only {available} bytes follow (file not fully written?)"
+            )
+        fh.seek(0)
+        try:
+            return np.load(fh, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the file's
+            raise DataError(f"{path}: not a valid .npy file ({exc})") from None
 
 
 def load_features(path: str | os.PathLike) -> np.ndarray:
     """Load an item-feature ``.npy``, validate it and divide by the global max |value| (as the original)."""
     path = Path(path)
-    try:
-        raw = np.load(path, allow_pickle=False, mmap_mode=None)
-    except FileNotFoundError:
-        raise DataError(f"{path}: feature file not found") from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(
-                f"{path}: contains pickled Python objects; expected a plain numeric array "
-                "(pickled files are only accepted for the original release's weights, see load_original_npy)"
-            ) from None
-        raise DataError(f"{path}: not a valid .npy file ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a valid or a truncated .npy file ({exc})") from None
-    if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "fiu":
-        raise DataError(f"{path}: features must be a numeric array, got dtype {getattr(raw, 'dtype', type(raw))}")
+    raw = _read_npy(path)
+    if raw.dtype.kind not in "fiu":
+        raise DataError(
+            f"{path}: features must be a numeric (float or int) array, got dtype {raw.dtype}"
+        )
     if raw.ndim != 2:
         raise DataError(f"{path}: features must be 2-D (items x dims), got shape {raw.shape}")
-    feats = raw.astype(np.float32)
-    finite = np.isfinite(feats)
-    if not finite.all():
-        r, c = np.argwhere(~finite)[0]
-        raise DataError(f"{path}: row {r}, column {c} is {feats[r, c]}; features must be finite")
-    scale = float(np.abs(feats).max()) if feats.size else 0.0
+    if raw.shape[0] == 0 or raw.shape[1] == 0:
+        raise DataError(f"{path}: features have shape {raw.shape}; expected at least one item and one dimension")
+    if raw.dtype.kind == "f":
+        finite = np.isfinite(raw)
+        if not finite.all():
+            r, c = np.argwhere(~finite)[0]
+            raise DataError(f"{path}: row {r}, column {c} is {raw[r, c]}; features must be finite")
+    with np.errstate(over="ignore"):
+        feats = raw.astype(np.float32)
+    if not np.isfinite(feats).all():
+        r, c = np.argwhere(~np.isfinite(feats))[0]
+        raise DataError(f"{path}: row {r}, column {c} is {raw[r, c]}, beyond float32's range; rescale the features")
+    scale = float(np.abs(feats).max())
     if scale == 0.0:
         raise DataError(f"{path}: all features are zero; cannot normalise by the global max |value|")
     # The original divides by the single global max(|features|), not per row or per column.
@@ -157,10 +256,16 @@ def load_features(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None = None) -> AmrDataset:
-    """Load and validate a dataset in the original release's directory format."""
+    """Load and validate a dataset in the original release's directory format.
+
+    Errors (``DataError``) name the file, line or row and what was expected. Legal but suspicious
+    data only warns: users of ``pos.txt`` without a ``neg.txt`` row (trained, not evaluated),
+    ``neg.txt`` users without training pairs, and candidates that are training items of their user.
+    """
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset directory not found")
+        what = "is a file, not a dataset directory" if root.exists() else "dataset directory not found"
+        raise DataError(f"{root}: {what} (expected a directory with pos.txt, neg.txt and f_<cnn>.npy)")
     pos_path, neg_path, feat_path = root / "pos.txt", root / "neg.txt", root / f"f_{cnn}.npy"
     for p in (pos_path, neg_path, feat_path):
         if not p.is_file():
@@ -169,26 +274,35 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
                 found = sorted(q.name for q in root.glob("f_*.npy"))
                 extra = f" (found: {', '.join(found)}; pass cnn=<name> for f_<name>.npy)" if found else ""
             raise DataError(f"{p}: required file is missing{extra}")
-    pairs = _read_int_table(pos_path, expected_cols=2)
-    cands = _read_int_table(neg_path, expected_cols=None)
+    pairs = _read_int_table(pos_path, expected_cols=2, what="lines 'user item' of two 0-based integer ids")
+    cands = _read_int_table(neg_path, expected_cols=None,
+                            what="one row per user: the test item, then its negative candidates (integer ids)")
     if cands.shape[1] < 2:
-        raise DataError(f"{neg_path}: each row needs the test positive and at least one negative candidate")
+        raise DataError(
+            f"{neg_path}, line 1: found 1 value per row; each row needs the test item and at least one "
+            "negative candidate"
+        )
     features = load_features(feat_path)
 
+    n_rows = features.shape[0]
+    for table, file in ((pairs, pos_path), (cands, neg_path)):
+        items = table if file is neg_path else table[:, 1:]
+        bad = (items >= n_rows).any(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            item = int(items[row][items[row] >= n_rows][0])
+            raise DataError(
+                f"{file}, line {_line_of(file, row)}: item {item} has no feature row; "
+                f"{feat_path.name} has {n_rows} rows (items 0..{n_rows - 1})"
+            )
     num_users = int(max(pairs[:, 0].max() + 1, len(cands)))
     num_items = int(max(pairs[:, 1].max() + 1, cands.max() + 1))
-    if num_items > features.shape[0]:
-        bad_pos = pairs[:, 1] >= features.shape[0]
-        if bad_pos.any():
-            line = int(np.argmax(bad_pos)) + 1
-            raise DataError(
-                f"{pos_path}, line {line}: item {pairs[line - 1, 1]} has no feature row; "
-                f"{feat_path.name} has {features.shape[0]} rows"
-            )
-        row = int(np.argmax((cands >= features.shape[0]).any(axis=1)))
+    known_users = len(np.union1d(pairs[:, 0], np.arange(len(cands))))
+    if num_users > 2 * known_users + 1000:
+        row = int(np.argmax(pairs[:, 0]))
         raise DataError(
-            f"{neg_path}, line {row + 1}: item {cands[row].max()} has no feature row; "
-            f"{feat_path.name} has {features.shape[0]} rows"
+            f"{pos_path}, line {_line_of(pos_path, row)}: user id {pairs[row, 0]} implies {num_users} users but "
+            f"only {known_users} appear in pos.txt and neg.txt; user ids must be consecutive 0-based indices"
         )
     # As the original: num_items comes from the id files; extra feature rows (items that never
     # occur) are dropped after the global normalisation, so Q and the feature matrix align.
@@ -202,20 +316,68 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         name=name or root.name,
         path=str(root),
     )
+    _warn_about_users(ds, pos_path, neg_path)
     _warn_candidates_in_train(ds, neg_path)
     return ds
 
 
+def _line_of(path: Path, row: int) -> int:
+    """1-based line number of the ``row``-th non-blank line of ``path`` (only called to report errors)."""
+    seen = -1
+    for n, line in enumerate(_read_text(path, "text").split("\n"), 1):
+        if line.strip():
+            seen += 1
+            if seen == row:
+                return n
+    return row + 1
+
+
+def _warn_about_users(ds: AmrDataset, pos_path: Path, neg_path: Path) -> None:
+    """Warn about users who are trained but not evaluated, or evaluated but never trained."""
+    n_rows = len(ds.test_candidates)
+    beyond = ds.train_pairs[:, 0] >= n_rows
+    if beyond.any():
+        row = int(np.argmax(beyond))
+        n_users = len(np.unique(ds.train_pairs[beyond, 0]))
+        warnings.warn(
+            f"{pos_path}, line {_line_of(pos_path, row)}: user {ds.train_pairs[row, 0]} has no row in neg.txt "
+            f"({_count(n_rows, 'row')}); {_count(n_users, 'user')} in all will be trained but not evaluated",
+            stacklevel=3,
+        )
+    untrained = np.ones(n_rows, dtype=bool)
+    untrained[ds.train_pairs[:, 0][~beyond]] = False
+    if untrained.any():
+        u = int(np.argmax(untrained))
+        warnings.warn(
+            f"{neg_path}, line {_line_of(neg_path, u)}: user {u} has no training pair in pos.txt; "
+            f"{_count(int(untrained.sum()), 'user')} in all will be evaluated with untrained embeddings",
+            stacklevel=3,
+        )
+
+
 def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path) -> None:
-    """Warn when a negative candidate is one of that user's training items (it biases the metrics)."""
-    users = np.repeat(np.arange(len(ds.test_candidates)), ds.test_candidates.shape[1] - 1)
+    """Warn when a candidate is one of that user's training items or repeats the test item.
+
+    Either makes the sampled metrics pessimistic: the test item must outrank the candidate, and
+    ties count against it.
+    """
+    n_neg = ds.test_candidates.shape[1] - 1
+    users = np.repeat(np.arange(len(ds.test_candidates)), n_neg)
     items = ds.test_candidates[:, 1:].ravel()
     in_train = np.asarray(ds.train_matrix[users, items]).ravel() > 0
     if in_train.any():
         k = int(np.argmax(in_train))
         warnings.warn(
-            f"{neg_path}, line {users[k] + 1}: negative candidate {items[k]} is a training item of user "
-            f"{users[k]} ({int(in_train.sum())} such candidates in all); metrics will be pessimistic",
+            f"{neg_path}, line {_line_of(neg_path, users[k])}: negative candidate {items[k]} is a training item "
+            f"of user {users[k]} ({_count(int(in_train.sum()), 'such candidate')} in all); metrics will be pessimistic",
+            stacklevel=3,
+        )
+    same = ds.test_candidates[:, 1:] == ds.test_candidates[:, :1]
+    if same.any():
+        u = int(np.argmax(same.any(axis=1)))
+        warnings.warn(
+            f"{neg_path}, line {_line_of(neg_path, u)}: negative candidate {ds.test_candidates[u, 0]} repeats "
+            f"user {u}'s test item ({_count(int(same.sum()), 'such candidate')} in all); ties count against the test item",
             stacklevel=3,
         )
 
