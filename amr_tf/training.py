@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import keras
 import tensorflow as tf
 
+from amr_tf.callbacks import NonFiniteGuard
 from amr_tf.data import TripletSampler, triplet_dataset
 from amr_tf.errors import AmrError
 from amr_tf.models import AMR, MFBPR, VBPR, Popularity
 
 MODEL_NAMES = ("AMR", "VBPR", "MFBPR", "POP")
+
+# Most training steps run per call of the compiled train function (Keras' ``steps_per_execution``).
+MAX_STEPS_PER_EXECUTION = 256
+_train_functions = weakref.WeakKeyDictionary()  # model -> {(steps, optimisers): traced train function}
 
 
 def build_model(name: str, dataset, embed_dim=64, regs=(0.1, 1e-3, 0.0), learning_rates=(0.01, 1e-4, 1e-3),
@@ -35,21 +43,73 @@ def build_model(name: str, dataset, embed_dim=64, regs=(0.1, 1e-3, 0.0), learnin
 
 def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initial_epoch: int = 0,
         callbacks=(), verbose="auto", exclude_cold_start: bool = True):
-    """Train with BPR triplets sampled afresh each epoch (``TripletSampler``) through ``model.fit``."""
+    """Train with BPR triplets sampled afresh each epoch (``TripletSampler``) through ``model.fit``.
+
+    Epoch ``e``'s triplets depend only on ``(seed, e)``, so ``initial_epoch`` resumes exactly.
+    A NaN or infinite loss raises ``TrainingDivergedError`` at the end of that epoch.
+    """
     if epochs < initial_epoch:
         raise AmrError(f"epochs ({epochs}) must be >= initial_epoch ({initial_epoch})")
     if batch_size <= 0:
         raise AmrError(f"batch_size must be positive, got {batch_size}")
     sampler = TripletSampler(dataset, seed=seed, exclude_cold_start=exclude_cold_start)
-    return model.fit(
-        triplet_dataset(sampler, batch_size, initial_epoch=initial_epoch),
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=sampler.steps_per_epoch(batch_size),
-        callbacks=list(callbacks),
-        verbose=verbose,
-        shuffle=False,
-    )
+    # The NaN/Inf guard goes first: it raises before any other callback can save that epoch.
+    callbacks = [NonFiniteGuard()] + [cb for cb in callbacks if not isinstance(cb, NonFiniteGuard)]
+    steps = sampler.steps_per_epoch(batch_size)
+    with _several_steps_per_call(model, steps):
+        return model.fit(
+            triplet_dataset(sampler, batch_size, initial_epoch=initial_epoch),
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            callbacks=list(callbacks),
+            verbose=verbose,
+            shuffle=False,
+        )
+
+
+def steps_per_execution_for(steps_per_epoch: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int:
+    """The largest divisor of ``steps_per_epoch`` up to ``limit``: calls never straddle two epochs."""
+    return next(d for d in range(min(limit, steps_per_epoch), 0, -1) if steps_per_epoch % d == 0)
+
+
+@contextlib.contextmanager
+def _several_steps_per_call(model, steps_per_epoch: int):
+    """Run many training steps per call of the compiled train function during one ``fit``.
+
+    Keras' per-step Python work (its loop, callbacks, turning the logs into floats) costs about
+    as much as a small step; a ``tf.while_loop`` of steps inside one call (``steps_per_execution``)
+    removes it. The number must divide the epoch's steps: Keras runs whole calls, and the triplet
+    stream is endless, so a call straddling an epoch boundary would shift every later epoch.
+    Batch-level callbacks then run once per call. A model compiled with its own
+    ``steps_per_execution`` keeps it (it must divide the epoch's steps). The model's settings are
+    restored afterwards; the traced function is kept for the next ``fit`` of the same model.
+    Under a ``tf.distribute`` strategy one step per call is kept: Keras 3.15's multi-step loop
+    fails there (TF 2.21, "You must feed a value for placeholder tensor 'while/cond/...'").
+    """
+    own = int(getattr(model, "steps_per_execution", 1) or 1)
+    if own != 1:
+        if steps_per_epoch % own:
+            raise AmrError(f"the model was compiled with steps_per_execution={own}, which does not divide the "
+                           f"{steps_per_epoch} steps of an epoch; epochs would overlap")
+        yield
+        return
+    spe = steps_per_execution_for(steps_per_epoch)
+    distributed = tf.distribute.has_strategy() or model.distribute_strategy is not tf.distribute.get_strategy()
+    if spe == 1 or distributed:
+        yield
+        return
+    key = (spe, tuple(id(o) for o in getattr(model, "optimizers_by_param", ())), model.jit_compile)
+    cache = _train_functions.setdefault(model, {})
+    saved = model.train_function
+    model.steps_per_execution, model.train_function = spe, cache.get(key)
+    try:
+        yield
+    finally:
+        if model.train_function is not None:
+            cache.clear()  # a recompiled model (new optimisers) never reuses an old function
+            cache[key] = model.train_function
+        model.steps_per_execution, model.train_function = 1, saved
 
 
 def set_seed(seed: int | None, deterministic: bool = True) -> None:

@@ -69,17 +69,26 @@ def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int
 
     Use with ``model.fit(ds, epochs=..., steps_per_epoch=sampler.steps_per_epoch(batch_size),
     initial_epoch=initial_epoch)``: epoch boundaries then coincide with the sampler's.
+
+    Each epoch's triplets are drawn by one call into NumPy (``sampler.sample_epoch``), then
+    sliced into batches inside ``tf.data``: one Python call per epoch, not one per batch, and
+    the batches are exactly ``sampler.batches(epoch, batch_size)``.
     """
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
+    n = sampler.num_triplets
 
-    def generate():
-        epoch = initial_epoch
-        while True:
-            for batch in sampler.batches(epoch, batch_size):
-                yield (batch,)  # a 1-tuple: the triplet is Keras' "x", there is no "y"
-            epoch += 1
+    def epoch_batches(epoch):
+        triplet = tf.numpy_function(sampler.sample_epoch, [epoch], [tf.int32] * 3, stateful=False)
+        for column in triplet:
+            column.set_shape([n])
+        return tf.data.Dataset.from_tensor_slices(tuple(triplet)).batch(batch_size)
 
-    spec = tf.TensorSpec(shape=[None], dtype=tf.int32)
-    ds = tf.data.Dataset.from_generator(generate, output_signature=((spec, spec, spec),))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    epochs = tf.data.Dataset.range(initial_epoch, np.iinfo(np.int64).max)
+    # A 1-tuple: the triplet is Keras' "x", there is no "y".
+    batches = epochs.flat_map(epoch_batches).map(lambda u, i, j: ((u, i, j),))
+    # Under a multi-worker strategy every worker generates the same stream (same seed): split its
+    # batches by element, not by (non-existent) input files.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)

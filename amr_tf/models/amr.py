@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
-from amr_tf.models.vbpr import VBPR
+from amr_tf.models.base import replica_context
+from amr_tf.models.vbpr import VBPR, project
 
 ADV_TYPES = ("grad", "random")
 ADV_IMPLS = ("projected", "dense")
@@ -28,9 +29,13 @@ class AMR(VBPR):
     ``adv_impl="projected"`` (default) never forms an F-dimensional tensor: with ``G`` the
     gradient with respect to the item's visual vector ``c_i E`` (a K-vector), the feature
     gradient is ``G E^T``, its norm is ``sqrt(G (E^T E) G^T)`` and its effect on the vector is
-    ``Delta_i E = eps G (E^T E) / norm``. ``adv_impl="dense"`` is the original's graph (the gradient
-    with respect to the whole items x F feature matrix, densified); it is kept as the reference
-    the tests and benchmarks compare against.
+    ``Delta_i E = eps G (E^T E) / norm``. The adversarial scores reuse the clean pass:
+    ``s_adv = s + p_u . Delta_i E``. ``adv_impl="dense"`` is the original's graph (the gradient
+    with respect to the whole items x F feature matrix, densified, and a second forward pass on
+    the perturbed features); it is kept as the reference the tests and benchmarks compare against.
+
+    Under ``tf.distribute`` an item's gradient is summed over all replicas' parts of the batch
+    before it is normalised, so ``Delta`` is the one a single device would compute.
     """
 
     def __init__(self, num_users, num_items, features, eps=0.1, adv_weight=1.0, adv_type="grad",
@@ -58,25 +63,41 @@ class AMR(VBPR):
     # ------------------------------------------------------------------ the adversary
 
     def visual_gradient(self, p, batch, x):
-        """d BPR / d (c_i E) per distinct batch item (n x K), summed over the item's occurrences."""
+        """d BPR / d (c_i E) per distinct batch item (n x K), summed over the item's occurrences.
+
+        Under a multi-replica strategy the sum runs over every replica's occurrences of the item.
+        """
         s = tf.sigmoid(-x)[:, None]  # d softplus(-x) / dx = -sigmoid(-x)
         rows = tf.concat([-s * p, s * p], axis=0)  # positives, then negatives
-        return tf.math.unsorted_segment_sum(rows, batch.index, tf.shape(batch.unique)[0])
+        grad = tf.math.unsorted_segment_sum(rows, batch.index, tf.shape(batch.unique)[0])
+        ctx = replica_context()
+        if ctx is not None:
+            grad = _sum_over_replicas(ctx, tf.stop_gradient(grad), batch.unique, self.num_items)
+        return grad
 
-    def perturbed_visual(self, p, batch, visual, x):
-        """``(c_i + Delta_i) E`` for each distinct batch item, with ``Delta`` held constant."""
+    def perturbation_effect(self, p, batch, x):
+        """``Delta_i E`` for each distinct batch item (n x K), with ``Delta`` held constant.
+
+        ``adv_type="grad"``: ``eps G (E0^T E) / sqrt(G E0^T E0 G^T)`` with ``E0 = stop_gradient(E)``
+        -- no F-dimensional tensor is formed; ``"random"``: ``Delta`` is drawn in feature space.
+        """
         if self.adv_type == "random":
             noise = keras.random.normal((tf.shape(batch.unique)[0], self.feature_dim), seed=self.noise_seed)
             delta = tf.stop_gradient(self.eps * tf.nn.l2_normalize(noise, axis=1, epsilon=_NORM_FLOOR))
-            return visual + tf.matmul(delta, self.E)
+            return project(delta, self.E)
         grad = tf.stop_gradient(self.visual_gradient(p, batch, x))
-        if self.adv_impl == "dense":
-            return self._dense_perturbed_visual(grad, batch)
         # Gram matrix with the left factor held constant: d(Delta E)/dE must see Delta as fixed.
         gram = tf.matmul(tf.stop_gradient(self.E), self.E, transpose_a=True)
-        sq_norm = tf.reduce_sum(tf.matmul(grad, tf.stop_gradient(gram)) * grad, axis=1)
+        direction = tf.matmul(grad, gram)  # G E0^T E; its value is also G E0^T E0, for the norm
+        sq_norm = tf.reduce_sum(tf.stop_gradient(direction) * grad, axis=1)
         scale = self.eps * tf.math.rsqrt(tf.maximum(sq_norm, _NORM_FLOOR))
-        return visual + scale[:, None] * tf.matmul(grad, gram)
+        return scale[:, None] * direction
+
+    def perturbed_visual(self, p, batch, visual, x):
+        """``(c_i + Delta_i) E`` for each distinct batch item, with ``Delta`` held constant."""
+        if self.adv_type == "grad" and self.adv_impl == "dense":
+            return self._dense_perturbed_visual(tf.stop_gradient(self.visual_gradient(p, batch, x)), batch)
+        return visual + self.perturbation_effect(p, batch, x)
 
     def _dense_perturbed_visual(self, grad, batch):
         # The original's graph: d BPR / d features as a dense items x F matrix (what tf.gradients
@@ -92,8 +113,31 @@ class AMR(VBPR):
     def adversarial_bpr(self, p, batch, visual, x):
         if self.adv_weight == 0.0:  # plain VBPR: no adversary computed
             return None
-        adv_visual = self.perturbed_visual(p, batch, visual, x)
-        v_adv = batch.q_rows + tf.gather(adv_visual, batch.index)
         b = tf.shape(p)[0]
-        x_adv = tf.reduce_sum(p * (v_adv[:b] - v_adv[b:]), axis=-1)
+        if self.adv_type == "grad" and self.adv_impl == "dense":
+            # The original's second forward pass, on the perturbed features.
+            adv_visual = self.perturbed_visual(p, batch, visual, x)
+            v_adv = batch.q_rows + tf.gather(adv_visual, batch.index)
+            x_adv = tf.reduce_sum(p * (v_adv[:b] - v_adv[b:]), axis=-1)
+        else:
+            # s_adv = p . (q + (c + Delta) E) = s + p . Delta E: reuse the clean scores.
+            effect = tf.gather(self.perturbation_effect(p, batch, x), batch.index)
+            x_adv = x + tf.reduce_sum(p * (effect[:b] - effect[b:]), axis=-1)
         return tf.reduce_sum(tf.nn.softplus(-x_adv))
+
+
+def _sum_over_replicas(ctx, values, ids, num_rows):
+    """Rows ``values`` (one per id in ``ids``, distinct) summed with the other replicas' rows of the same ids.
+
+    The replicas' ``(ids, values)`` are all-gathered (an all-reduce of ``IndexedSlices``), rows
+    sharing an id are summed, and each replica reads back the sums for its own ids.
+    """
+    dense_shape = tf.stack([tf.cast(num_rows, tf.int64), tf.cast(tf.shape(values)[1], tf.int64)])
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.IndexedSlices(values, ids, dense_shape))
+    if not isinstance(total, tf.IndexedSlices):  # a strategy that densifies sparse all-reduces
+        return tf.gather(total, ids)
+    all_ids, position = tf.unique(tf.cast(total.indices, ids.dtype))
+    sums = tf.math.unsorted_segment_sum(total.values, position, tf.shape(all_ids)[0])
+    order = tf.argsort(all_ids)
+    where = tf.gather(order, tf.searchsorted(tf.gather(all_ids, order), ids))
+    return tf.gather(sums, where)

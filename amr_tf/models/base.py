@@ -15,6 +15,18 @@ from amr_tf.errors import AmrError
 from amr_tf.models.optimizers import Adagrad
 
 
+def replica_context():
+    """The replica context of a multi-replica ``tf.distribute`` step, or ``None`` (one replica, or outside a step)."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
+def variable_rows(variable, indices):
+    """``variable[indices]`` read with a resource gather (only those rows, never the whole matrix)."""
+    var = variable.value if isinstance(variable, keras.Variable) else variable
+    return tf.gather(var, indices)
+
+
 def _as_pair(values, n, name):
     values = tuple(float(v) for v in values)
     if len(values) != n:
@@ -126,17 +138,21 @@ class PairwiseModel(keras.Model):
         users = tf.convert_to_tensor(users)
         items = tf.convert_to_tensor(items)
         p = tf.gather(self.user_vectors(), users)
-        v = tf.gather(self.item_vectors(), items)
+        v = self.gather_item_vectors(items)
         if len(v.shape) == 3:
             return tf.einsum("bk,bnk->bn", p, v)
         return tf.reduce_sum(p * v, axis=-1)
+
+    def gather_item_vectors(self, items):
+        """``v_i`` of the given item ids (any shape), computed for those items only."""
+        return tf.gather(self.item_vectors(), items)
 
     # ------------------------------------------------------------------ training
 
     def batch_items(self, pos, neg) -> ItemBatch:
         items = tf.concat([pos, neg], axis=0)
         unique, index = tf.unique(items)
-        return ItemBatch(tf.gather(self.Q, items), unique, index)
+        return ItemBatch(variable_rows(self.Q, items), unique, index)
 
     def batch_item_vectors(self, batch: ItemBatch):
         """Clean item vectors of the batch rows (2B x K) and the per-unique-item visual part (or None)."""
@@ -153,14 +169,18 @@ class PairwiseModel(keras.Model):
         """All loss terms of one batch of triplets: ``loss`` (the objective), ``bpr_loss``, ``adv_loss``."""
         users = tf.convert_to_tensor(users)
         b = tf.shape(users)[0]
-        p = tf.gather(self.P, users)
+        p = variable_rows(self.P, users)
         batch = self.batch_items(pos, neg)
         v, visual = self.batch_item_vectors(batch)
         x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)  # s_ui - s_uj
         bpr = tf.reduce_sum(tf.nn.softplus(-x))
         r1, r2, r3 = self.regs
         # Penalties on the batch rows (repeats count each time), on the whole clean item vector.
-        penalty = r1 * tf.reduce_sum(tf.square(p)) + r2 * tf.reduce_sum(tf.square(v)) + r3 * self.extra_penalty()
+        penalty = r1 * tf.reduce_sum(tf.square(p)) + r2 * tf.reduce_sum(tf.square(v))
+        if r3:
+            # A penalty on a whole matrix belongs to the global batch: each of R replicas adds 1/R.
+            ctx = replica_context()
+            penalty += r3 * self.extra_penalty() / (1.0 if ctx is None else float(ctx.num_replicas_in_sync))
         terms = {"bpr_loss": bpr}
         loss = bpr + penalty
         adv = self.adversarial_bpr(p, batch, visual, x)
@@ -171,6 +191,12 @@ class PairwiseModel(keras.Model):
         return terms
 
     def train_step(self, data):
+        """One step on a batch of triplets: gradients of the summed loss, one Adagrad per matrix.
+
+        Under ``tf.distribute`` each replica holds part of the batch; its loss is the sum over its
+        triplets, so the optimisers' all-reduce (a sum) yields the gradient of the whole batch --
+        no loss scaling is needed. The logged losses are all-reduced too (the whole batch's sums).
+        """
         # (users, positives, negatives) is the model's input "x"; there are no targets.
         (users, pos, neg), _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not self.optimizers_by_param:
@@ -181,6 +207,9 @@ class PairwiseModel(keras.Model):
         grads = tape.gradient(terms["loss"], variables)
         for opt, grad, var in zip(self.optimizers_by_param, grads, variables):
             opt.apply_gradients([(grad, var)])
+        ctx = replica_context()
+        if ctx is not None:  # each replica tracks the whole batch's losses
+            terms = ctx.all_reduce(tf.distribute.ReduceOp.SUM, terms)
         for tracker in self.metrics:
             if tracker.name in terms:  # AMR with adv_weight=0 computes no adversarial term
                 tracker.update_state(terms[tracker.name])

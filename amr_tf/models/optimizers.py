@@ -15,6 +15,11 @@ def deduplicate(grad):
     return tf.IndexedSlices(values, unique, grad.dense_shape)
 
 
+def _tf_variable(variable):
+    """The ``tf.Variable`` behind a Keras variable (a ``MirroredVariable`` under a strategy)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 @keras.saving.register_keras_serializable(package="amr_tf")
 class Adagrad(keras.optimizers.Adagrad):
     """Keras Adagrad that matches TF1's ``AdagradOptimizer`` on sparse gradients.
@@ -23,7 +28,14 @@ class Adagrad(keras.optimizers.Adagrad):
     repeated indices. TF1 summed those rows before squaring them into the accumulator; Keras 3
     squares each row separately (sum of squares instead of square of the sum). We deduplicate
     first. ``epsilon`` defaults to 0 as in TF1 (the initial accumulator keeps the sqrt positive).
-    The update is applied after the strategy's all-reduce, so it is also right under ``tf.distribute``.
+    The update is applied after the strategy's all-reduce, so it is also right under ``tf.distribute``
+    (the all-reduced gradient of a row seen by several replicas has one entry per replica; they are
+    summed here, exactly as one device would have summed them).
+
+    A sparse gradient updates only its rows, as TF1's ``SparseApplyAdagrad`` did: the accumulator
+    rows are read back with a gather, so a step costs O(batch rows), not O(rows of the matrix)
+    (Keras' generic update reads, square-roots and tests the whole accumulator every step). Dense
+    gradients (``E``) use Keras' update unchanged.
     """
 
     def __init__(self, learning_rate=0.01, initial_accumulator_value=0.1, epsilon=0.0, **kwargs):
@@ -35,4 +47,15 @@ class Adagrad(keras.optimizers.Adagrad):
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        super().update_step(deduplicate(gradient), variable, learning_rate)
+        gradient = deduplicate(gradient)
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        lr = tf.cast(learning_rate, variable.dtype)
+        values = tf.cast(gradient.values, variable.dtype)
+        indices, shape = gradient.indices, gradient.dense_shape
+        accumulator = self._accumulators[self._get_variable_index(variable)]
+        self.assign_add(accumulator, tf.IndexedSlices(tf.square(values), indices, shape))
+        # Resource ops on the same variable run in program order: this reads the updated rows.
+        accumulated = tf.gather(_tf_variable(accumulator), indices)
+        step = lr * values / tf.sqrt(accumulated + tf.cast(self.epsilon, variable.dtype))
+        self.assign_sub(variable, tf.IndexedSlices(step, indices, shape))

@@ -7,7 +7,43 @@ import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
-from amr_tf.models.base import PairwiseModel
+from amr_tf.models.base import PairwiseModel, variable_rows
+
+
+def project(rows, E):
+    """``rows @ E`` for constant ``rows`` (n x F), with the gradient w.r.t. ``E`` as ``(dY^T rows)^T``.
+
+    Autodiff would compute ``dE = rows^T dY``: a matmul with a transposed, long left operand that
+    oneDNN runs about half as fast here as the same product arranged as ``dY^T rows`` (the two
+    transposes are of small n x K and K x F matrices). The values are equal up to round-off.
+    No gradient flows to ``rows``.
+    """
+    rows = tf.stop_gradient(rows)
+
+    @tf.custom_gradient
+    def _project(e):
+        def grad(dy):
+            return tf.transpose(tf.matmul(tf.transpose(dy), rows))
+
+        return tf.matmul(rows, e), grad
+
+    return _project(tf.convert_to_tensor(E))
+
+
+def resident_features(features: np.ndarray, chunk_bytes: int = 32 << 20) -> tf.Variable:
+    """``features`` in one non-trainable ``tf.Variable`` (not a Keras weight: not trained, not saved).
+
+    Filled in row chunks: ``tf.Variable(array)`` or ``tf.constant(array)`` briefly hold two extra
+    copies of the matrix (a peak of three copies in all); this holds at most one plus a chunk.
+    The scatter puts the variable in TensorFlow's copy-on-read mode: a dense read of it copies the
+    whole matrix, so the models only ever read it by rows (``tf.gather``), a chunk at a time.
+    """
+    var = tf.Variable(tf.zeros(features.shape, tf.float32), trainable=False, name="features")
+    rows = max(1, chunk_bytes // max(1, 4 * features.shape[1]))
+    for start in range(0, features.shape[0], rows):
+        stop = min(start + rows, features.shape[0])
+        var.scatter_update(tf.IndexedSlices(tf.constant(features[start:stop]), tf.range(start, stop)))
+    return var
 
 
 @keras.saving.register_keras_serializable(package="amr_tf")
@@ -15,7 +51,10 @@ class VBPR(PairwiseModel):
     """Visual BPR: ID embeddings P, Q plus a projection E of each item's fixed CNN feature.
 
     ``features`` (items x F) stay constant on the device; they are not weights and are not saved
-    in checkpoints (a checkpoint records the dataset's fingerprint instead).
+    in checkpoints (a checkpoint records the dataset's fingerprint instead). They are held in one
+    non-trainable ``tf.Variable``: copied to the device once, when the model is built (once per
+    device under a ``tf.distribute`` strategy, if the model is built in its scope), and read in place
+    by every step -- a captured host constant would be copied to the accelerator on every call.
     """
 
     parameter_names = ("P", "Q", "E")
@@ -31,11 +70,11 @@ class VBPR(PairwiseModel):
         **kwargs,
     ):
         super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates, **kwargs)
-        features = np.asarray(features)
+        features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[0] != self.num_items:
             raise AmrError(f"features must have shape ({self.num_items}, F), got {features.shape}")
         self.feature_dim = int(features.shape[1])
-        self.features = tf.constant(features, dtype=tf.float32)
+        self.features = resident_features(features)
         seed = None if self.seed is None else self.seed + 2
         init = keras.initializers.TruncatedNormal(stddev=self.init_stddev, seed=seed)
         self.E = self.add_weight(shape=(self.feature_dim, self.embed_dim), initializer=init, name="E")
@@ -44,12 +83,30 @@ class VBPR(PairwiseModel):
         return {**super().get_config(), "feature_dim": self.feature_dim}
 
     def item_vectors(self, features=None):
-        feats = self.features if features is None else tf.convert_to_tensor(features, tf.float32)
-        return self.Q + tf.matmul(feats, self.E)
+        if features is not None:
+            return self.Q + tf.matmul(tf.convert_to_tensor(features, tf.float32), self.E)
+        return self.Q + self.visual_vectors()
+
+    def visual_vectors(self, chunk_bytes: int = 32 << 20):
+        """``C E`` for the whole catalogue, from row chunks of the features (bounded extra memory)."""
+        n = self.num_items
+        rows = max(1, chunk_bytes // max(1, 4 * self.feature_dim))
+        parts = [tf.matmul(variable_rows(self.features, tf.range(s, min(s + rows, n))), self.E)
+                 for s in range(0, n, rows)]
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+    def gather_item_vectors(self, items):
+        # Only the requested items' visual part, once per distinct item (not the whole catalogue).
+        items = tf.convert_to_tensor(items)
+        flat = tf.reshape(items, [-1])
+        unique, index = tf.unique(flat)
+        visual = tf.matmul(variable_rows(self.features, unique), self.E)
+        v = variable_rows(self.Q, flat) + tf.gather(visual, index)
+        return tf.reshape(v, tf.concat([tf.shape(items), [self.embed_dim]], axis=0))
 
     def batch_item_vectors(self, batch):
         # The visual part c_i E once per distinct item of the batch, then spread over its rows.
-        visual = tf.matmul(tf.gather(self.features, batch.unique), self.E)
+        visual = project(variable_rows(self.features, batch.unique), self.E)
         return batch.q_rows + tf.gather(visual, batch.index), visual
 
     def extra_penalty(self):
