@@ -1,0 +1,104 @@
+"""Experiment 3, effect of the adversary's budget eps and weight lambda on AMR's clean accuracy.
+
+AMR is fine-tuned from the pretrained VBPR for every (eps, lambda) of the grid
+(``Settings.grid_eps`` x ``Settings.grid_lmd``, around the defaults eps = 0.1, lambda = 1) with the
+first ``Settings.grid_seeds`` seeds; lambda = 0 is VBPR trained on for the same epochs (the
+reference). Cells are clean HR@10 / NDCG@10, mean ± std over those seeds.
+
+``python -m reproduce.eps_lambda [--quick] [--dataset DIR] [--pretrained PATH] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from reproduce import common
+
+NAME = "eps_lambda"
+TITLE = "Effect of eps and lambda on AMR's clean accuracy"
+HEADLINE = ("HR@10", "NDCG@10")
+
+
+def figure(ctx, agg, reference):
+    import matplotlib.pyplot as plt
+
+    s = ctx.settings
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.6 * len(HEADLINE), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], HEADLINE):
+        grid = np.array([[next(r for r in agg if r["eps"] == e and r["lmd"] == l)[f"{metric}_mean"]
+                          for l in s.grid_lmd] for e in s.grid_eps])
+        im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ax.text(j, i, f"{grid[i, j]:.4f}\n({grid[i, j] - reference[metric]:+.4f})", ha="center",
+                        va="center", fontsize=7, color="w" if grid[i, j] < grid.mean() else "k")
+        ax.set_xticks(range(len(s.grid_lmd)), [f"{v:g}" for v in s.grid_lmd])
+        ax.set_yticks(range(len(s.grid_eps)), [f"{v:g}" for v in s.grid_eps])
+        ax.set_xlabel("lambda (adversarial weight)")
+        ax.set_ylabel("eps (adversary's L2 budget)")
+        ax.set_title(f"AMR {metric} (VBPR, lambda=0: {reference[metric]:.4f})", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{ctx.dataset.name}: clean accuracy after {s.finetune_epochs} fine-tuning epochs, mean of "
+                 f"{s.grid_seeds} seed(s); in brackets the difference to VBPR", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def run(ctx) -> dict:
+    s = ctx.settings
+    seeds = list(s.seeds)[: s.grid_seeds]
+    rows, runs = [], []
+    for seed in seeds:
+        ref = ctx.runs.finetuned("VBPR", seed)
+        runs.append(ref)
+        rows.append({"eps": 0.0, "lmd": 0.0, "seed": seed, **ref.metrics(ctx)})
+        for eps in s.grid_eps:
+            for lmd in s.grid_lmd:
+                r = ctx.runs.finetuned("AMR", seed, eps=eps, lmd=lmd)
+                runs.append(r)
+                rows.append({"eps": float(eps), "lmd": float(lmd), "seed": seed, **r.metrics(ctx)})
+    agg = common.aggregate(rows, ["eps", "lmd"])
+    reference = next(r for r in agg if r["lmd"] == 0.0)
+    ref_means = {m: reference[f"{m}_mean"] for m in common.METRICS}
+    metric_cols = list(common.METRICS)
+    ctx.write_csv("runs.csv", rows, ["eps", "lmd", "seed"] + metric_cols)
+    ctx.write_csv("results.csv", agg, ["eps", "lmd", "n"] + [f"{m}_{x}" for m in metric_cols for x in ("mean", "std")])
+
+    text = [f"# {TITLE}\n", common.settings_line(ctx) + "\n",
+            f"AMR fine-tuned from the pretrained VBPR for {s.finetune_epochs} epochs per cell, seeds {seeds}; "
+            "mean ± std over those seeds. Rows: eps (the adversary's per-item L2 budget, in normalised-feature "
+            f"units; mean feature norm {ctx.mean_feature_norm:.3f}); columns: lambda (the adversarial loss's weight). "
+            f"lambda = 0 is VBPR trained on for the same epochs.\n"]
+    for metric in HEADLINE:
+        body = []
+        for eps in s.grid_eps:
+            cells = [f"{eps:g}"]
+            for lmd in s.grid_lmd:
+                r = next(x for x in agg if x["eps"] == eps and x["lmd"] == lmd)
+                cells.append(common.fmt_ms(r[f"{metric}_mean"], r[f"{metric}_std"]))
+            body.append(cells)
+        ref_cell = common.fmt_ms(reference[f"{metric}_mean"], reference[f"{metric}_std"])
+        text += [f"\n## {metric}\n", common.md_table(["eps \\ lambda"] + [f"{v:g}" for v in s.grid_lmd], body),
+                 f"\nVBPR (lambda = 0): {ref_cell}\n"]
+    best = max((r for r in agg if r["lmd"] > 0), key=lambda r: r["NDCG@10_mean"])
+    text.append(f"\nBest cell by NDCG@10: eps = {best['eps']:g}, lambda = {best['lmd']:g} "
+                f"({common.fmt(best['NDCG@10_mean'])}, VBPR {common.fmt(ref_means['NDCG@10'])}).\n")
+    text.append("\n![eps-lambda grid](figure.png)\n")
+    ctx.write_text("table.md", "\n".join(text))
+    ctx.save_figure(figure(ctx, agg, ref_means))
+    def cell(r):
+        name = "VBPR" if r.label == "VBPR" else f"AMR_eps{r.params['eps']:g}_lmd{r.params['lmd']:g}"
+        return f"{name}/seed{r.seed}"
+
+    ctx.write_tensorboard(common.history_series(runs, tags=HEADLINE, name=cell))
+    return {"table": agg, "best": {"eps": best["eps"], "lmd": best["lmd"]}, "seeds": seeds}
+
+
+def main(argv=None) -> int:
+    return common.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
