@@ -207,6 +207,29 @@ def _resume_args(args, manifest: dict, where: Path):
     return args, epoch
 
 
+# Taken from a --pretrained checkpoint's manifest unless given: fine-tuning continues that run.
+PRETRAINED_INHERITED = {"lr": "learning_rates", "regs": "regs", "emb1_K": "embed_dim"}
+
+
+def _pretrained_args(args) -> list[str]:
+    """Adopt the --pretrained checkpoint's K, learning rates and penalties for flags not given."""
+    from amr_tf.checkpoints import read_manifest
+
+    if not args.pretrained or str(args.pretrained).endswith(".npy"):
+        return []
+    config = read_manifest(args.pretrained).get("config") or {}
+    explicit, adopted = getattr(args, "_explicit", set()), []
+    for flag, key in PRETRAINED_INHERITED.items():
+        if flag in explicit or key not in config:
+            continue
+        value = tuple(config[key]) if isinstance(config[key], list) else config[key]
+        if flag == "lr" and len(value) != 3:  # an MF-BPR checkpoint has two rates
+            continue
+        setattr(args, flag, value)
+        adopted.append(f"--{flag} {list(value) if isinstance(value, tuple) else value}")
+    return adopted
+
+
 def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, epochs_done, resumed_from,
                    seconds) -> None:
     from amr_tf.checkpoints import provenance
@@ -251,6 +274,10 @@ def cmd_train(args) -> int:
             args, initial_epoch = _resume_args(args, resume, last)
         else:
             print(f"--resume: no checkpoint in {args.weight_dir} yet; starting from epoch 0")
+    elif args.pretrained:
+        adopted = _pretrained_args(args)
+        if adopted:
+            print(f"from {args.pretrained}'s manifest: {' '.join(adopted)} (give the flags to override)")
     set_seed(args.seed)
     ds = _dataset(args)
     print(ds.summary())

@@ -31,10 +31,18 @@ def test_train_evaluate_smoke(tmp_path, capsys):
 
 def test_pretrained_vbpr_then_amr(tmp_path, capsys):
     common = ["--dataset", "synthetic", "--emb1_K", "8", "--quiet", "--verbose", "5"]
-    assert main(["train", "--model", "VBPR", "--epoch", "1", "--weight_dir", str(tmp_path / "v")] + common) == 0
+    assert main(["train", "--model", "VBPR", "--epoch", "1", "--weight_dir", str(tmp_path / "v"),
+                 "--lr", "[0.02,0.03,0.004]"] + common) == 0
     assert main(["train", "--model", "AMR", "--epoch", "1", "--pretrained", str(tmp_path / "v" / "last"),
                  "--weight_dir", str(tmp_path / "a")] + common) == 0
-    assert "initialised from" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "initialised from" in out and "manifest: --lr [0.02, 0.03, 0.004]" in out
+    # Fine-tuning continues the pretrained run's learning rates unless --lr is given.
+    config = json.loads((tmp_path / "a" / "metrics.json").read_text())["config"]
+    assert config["lr"] == [0.02, 0.03, 0.004] and config["emb1_K"] == 8
+    assert main(["train", "--model", "AMR", "--epoch", "1", "--pretrained", str(tmp_path / "v" / "last"),
+                 "--lr", "[0.1,0.1,0.1]", "--weight_dir", str(tmp_path / "b")] + common) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["config"]["lr"] == [0.1, 0.1, 0.1]
 
 
 def test_original_flag_values_are_parsed_safely():
