@@ -142,6 +142,21 @@ def test_sampled_evaluation_by_gathering_candidates_equals_scoring_all_items():
     assert rank_test_items(model, ds, max_chunk_entries=3 * n * 6).tolist() == want  # several chunks
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 203, 500])
+def test_triplet_stream_is_the_samplers_batches(batch_size):
+    """The tf.data stream (one NumPy call per epoch, sliced in-graph) yields exactly the sampler's batches."""
+    from amr_tf.data import TripletSampler, make_synthetic, triplet_dataset
+
+    ds = make_synthetic(num_users=40, num_items=60, feature_dim=12, num_pairs=203, num_negatives=20, seed=3)
+    sampler = TripletSampler(ds, seed=5)
+    stream = iter(triplet_dataset(sampler, batch_size, initial_epoch=3))
+    for epoch in range(3, 6):
+        for want in sampler.batches(epoch, batch_size):
+            (got,) = next(stream)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.numpy(), w)
+
+
 def test_steps_per_execution_divides_the_epoch():
     from amr_tf.training import steps_per_execution_for
 

@@ -71,8 +71,9 @@ def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int
     initial_epoch=initial_epoch)``: epoch boundaries then coincide with the sampler's.
 
     Each epoch's triplets are drawn by one call into NumPy (``sampler.sample_epoch``), then
-    sliced into batches inside ``tf.data``: one Python call per epoch, not one per batch, and
-    the batches are exactly ``sampler.batches(epoch, batch_size)``.
+    sliced into batches inside ``tf.data``: one Python call per epoch, not one per batch (no GIL
+    taken per batch while the model trains), and the batches are exactly
+    ``sampler.batches(epoch, batch_size)``.
     """
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
@@ -82,7 +83,9 @@ def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int
         triplet = tf.numpy_function(sampler.sample_epoch, [epoch], [tf.int32] * 3, stateful=False)
         for column in triplet:
             column.set_shape([n])
-        return tf.data.Dataset.from_tensor_slices(tuple(triplet)).batch(batch_size)
+        # Slice whole batches (``from_tensor_slices(...).batch()`` would move triplets one by one).
+        starts = tf.data.Dataset.range(0, n, batch_size)
+        return starts.map(lambda s: tuple(column[s:s + batch_size] for column in triplet))
 
     epochs = tf.data.Dataset.range(initial_epoch, np.iinfo(np.int64).max)
     # A 1-tuple: the triplet is Keras' "x", there is no "y".

@@ -67,8 +67,8 @@ class AMR(VBPR):
 
         Under a multi-replica strategy the sum runs over every replica's occurrences of the item.
         """
-        s = tf.sigmoid(-x)[:, None]  # d softplus(-x) / dx = -sigmoid(-x)
-        rows = tf.concat([-s * p, s * p], axis=0)  # positives, then negatives
+        sp = tf.sigmoid(-x)[:, None] * p  # d softplus(-x) / dx = -sigmoid(-x); dx / dv_i = p = -dx / dv_j
+        rows = tf.concat([-sp, sp], axis=0)  # positives, then negatives
         grad = tf.math.unsorted_segment_sum(rows, batch.index, tf.shape(batch.unique)[0])
         ctx = replica_context()
         if ctx is not None:
@@ -87,11 +87,11 @@ class AMR(VBPR):
             return project(delta, self.E)
         grad = tf.stop_gradient(self.visual_gradient(p, batch, x))
         # Gram matrix with the left factor held constant: d(Delta E)/dE must see Delta as fixed.
-        gram = tf.matmul(tf.stop_gradient(self.E), self.E, transpose_a=True)
+        e = tf.convert_to_tensor(self.E)
+        gram = tf.matmul(tf.stop_gradient(e), e, transpose_a=True)
         direction = tf.matmul(grad, gram)  # G E0^T E; its value is also G E0^T E0, for the norm
-        sq_norm = tf.reduce_sum(tf.stop_gradient(direction) * grad, axis=1)
-        scale = self.eps * tf.math.rsqrt(tf.maximum(sq_norm, _NORM_FLOOR))
-        return scale[:, None] * direction
+        sq_norm = tf.reduce_sum(tf.stop_gradient(direction) * grad, axis=1, keepdims=True)
+        return direction * (self.eps * tf.math.rsqrt(tf.maximum(sq_norm, _NORM_FLOOR)))
 
     def perturbed_visual(self, p, batch, visual, x):
         """``(c_i + Delta_i) E`` for each distinct batch item, with ``Delta`` held constant."""
@@ -121,8 +121,9 @@ class AMR(VBPR):
             x_adv = tf.reduce_sum(p * (v_adv[:b] - v_adv[b:]), axis=-1)
         else:
             # s_adv = p . (q + (c + Delta) E) = s + p . Delta E: reuse the clean scores.
-            effect = tf.gather(self.perturbation_effect(p, batch, x), batch.index)
-            x_adv = x + tf.reduce_sum(p * (effect[:b] - effect[b:]), axis=-1)
+            effect = self.perturbation_effect(p, batch, x)
+            shift = tf.gather(effect, batch.index[:b]) - tf.gather(effect, batch.index[b:])
+            x_adv = x + tf.reduce_sum(p * shift, axis=-1)
         return tf.reduce_sum(tf.nn.softplus(-x_adv))
 
 
