@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from amr_tf.errors import CheckpointError
-from amr_tf.io import atomic_path, atomic_write_bytes, atomic_write_text
+from amr_tf.io import atomic_path, atomic_write_bytes, atomic_write_text, read_npy_header
 
 MANIFEST_VERSION = 1
 MANIFEST_ATTR = "amr_tf_manifest"
@@ -348,8 +348,6 @@ def read_original_npy(path) -> list[np.ndarray]:
     weights that way, from Python 2: ``encoding="latin1"``). The unpickler only accepts NumPy
     arrays, so a crafted file cannot run code.
     """
-    from numpy.lib import format as npformat
-
     path = Path(path)
     try:
         fh = open(path, "rb")
@@ -359,13 +357,7 @@ def read_original_npy(path) -> list[np.ndarray]:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with fh:
         try:
-            version = npformat.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = npformat.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = npformat.read_array_header_2_0(fh)
-            else:
-                shape, _, dtype = npformat._read_array_header(fh, version)
+            _, _, dtype = read_npy_header(fh)
             if not dtype.hasobject:
                 fh.seek(0)
                 arrays = np.load(fh, allow_pickle=False)

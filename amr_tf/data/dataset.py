@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from numpy.lib import format as npformat
 
 from amr_tf.errors import DataError
-from amr_tf.io import atomic_write_bytes, atomic_write_text
+from amr_tf.io import atomic_write_bytes, atomic_write_text, read_npy_header
 
 
 @dataclasses.dataclass(eq=False)
@@ -197,13 +196,7 @@ def _read_npy(path: Path) -> np.ndarray:
             raise DataError(f"{path}: {kind}; expected a .npy array of item features (np.save)")
         fh.seek(0)
         try:
-            version = npformat.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = npformat.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = npformat.read_array_header_2_0(fh)
-            else:
-                shape, fortran, dtype = npformat._read_array_header(fh, version)
+            shape, fortran, dtype = read_npy_header(fh)
         except Exception as exc:  # noqa: BLE001 - NumPy raises ValueError, SyntaxError, TokenError...
             raise DataError(f"{path}: corrupt or truncated .npy header ({exc})") from None
         if dtype.hasobject:

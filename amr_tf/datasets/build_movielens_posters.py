@@ -21,28 +21,12 @@ from amr_tf.datasets.movielens_posters import (
     default_shared_data_dir,
 )
 from amr_tf.errors import AmrError
+from amr_tf.cli import positive_int
 
 
 def _negatives(text: str) -> int | None:
-    if text == "max":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'max', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'max', got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    """A positive integer, or 'max' (None: the largest count every user can supply)."""
+    return None if text == "max" else positive_int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--min-positives", type=int, default=DEFAULT_MIN_POSITIVES,
                         help=f"drop users with fewer positives (>= 2; default: {DEFAULT_MIN_POSITIVES})")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="CNN batch size (default: 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="CNN batch size (default: 32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during feature extraction")
     args = parser.parse_args(argv)
     if args.shared is None:

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from amr_tf.errors import AmrError, DataError
+from amr_tf.cli import positive_int
 from amr_tf.io import atomic_path
 from amr_tf.vision.efficientnet_lite import FEATURE_DIM, IMAGE_SIZE, build_feature_extractor
 from amr_tf.vision.preprocess import CROP_FRACTION, load_and_preprocess
@@ -188,16 +189,6 @@ def extract_folder(
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_features_subcommand(subparsers) -> argparse.ArgumentParser:
     """Add ``features`` to an ``argparse`` subparsers object; its handler is ``args.func = run_features``."""
     p = subparsers.add_parser(
@@ -212,7 +203,7 @@ def add_features_subcommand(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--out", required=True, metavar="PATH", help="output .npy file (float32, n x 1280)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--pattern", default="*.jpg", help="glob pattern of image files in DIR (default '*.jpg')")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where converted weights are cached")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
