@@ -161,6 +161,34 @@ def test_no_gradient_flows_through_the_perturbation(rng):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
 
 
+def test_hand_written_adversary_gradient_equals_autodiff(rng):
+    """The training path's custom gradient against autodiff through the same formula."""
+    C, P, Q, E, u, i, j = random_problem(rng, feats=23)
+    model = make(AMR, C, P, Q, E, eps=0.6, adv_weight=1.0)
+    b = len(u)
+
+    def adversarial(autodiff):
+        with tf.GradientTape() as tape:
+            p = tf.gather(model.P, u)
+            batch = model.batch_items(i, j)
+            v, visual = model.batch_item_vectors(batch)
+            x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)
+            if autodiff:
+                effect = model.perturbation_effect(p, batch, x)
+                shift = tf.gather(effect, batch.index[:b]) - tf.gather(effect, batch.index[b:])
+                adv = tf.reduce_sum(tf.nn.softplus(-(x + tf.reduce_sum(p * shift, axis=-1))))
+            else:
+                adv = model.adversarial_bpr(p, batch, visual, x)
+        grads = tape.gradient(adv, [model.P, model.Q, model.E])
+        return float(adv), [tf.convert_to_tensor(g).numpy() for g in grads]
+
+    (want_loss, want), (got_loss, got) = adversarial(True), adversarial(False)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    for name, g, w in zip("PQE", got, want):
+        assert np.abs(w).max() > 1e-3, name  # every matrix receives a gradient
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_mfbpr_is_vbpr_without_the_visual_term(rng):
     C, P, Q, E, u, i, j = random_problem(rng)
     mf = MFBPR(P.shape[0], Q.shape[0], embed_dim=P.shape[1], regs=REGS, learning_rates=LRS[:2])
