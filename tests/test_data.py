@@ -125,3 +125,16 @@ def test_triplet_dataset_keeps_the_last_partial_batch(tiny_dataset):
     assert sum(sizes) == n and sizes[-1] == n - 64 * (steps - 1)
     first = next(iter(triplet_dataset(s, n, initial_epoch=2)))[0]
     np.testing.assert_array_equal(first[2].numpy(), s.sample_epoch(2)[2])
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 203, 500])
+def test_triplet_stream_is_the_samplers_batches(batch_size):
+    """The tf.data stream (one NumPy call per epoch, sliced in-graph) yields exactly the sampler's batches."""
+    ds = make_synthetic(num_users=40, num_items=60, feature_dim=12, num_pairs=203, num_negatives=20, seed=3)
+    sampler = TripletSampler(ds, seed=5)
+    stream = iter(triplet_dataset(sampler, batch_size, initial_epoch=3))
+    for epoch in range(3, 6):
+        for want in sampler.batches(epoch, batch_size):
+            (got,) = next(stream)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.numpy(), w)

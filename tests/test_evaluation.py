@@ -91,3 +91,30 @@ def test_features_override_changes_scores(tiny_dataset):
     assert evaluate(model, ds, features=ds.features) == base
     noisy = ds.features + np.random.default_rng(0).normal(scale=5.0, size=ds.features.shape).astype(np.float32)
     assert rank_test_items(model, ds, features=noisy).tolist() != rank_test_items(model, ds).tolist()
+
+
+def test_sampled_evaluation_by_gathering_candidates_equals_scoring_all_items():
+    """Large catalogues gather the candidates' vectors instead of scoring every item: same ranks."""
+    from amr_tf.evaluation import _GATHER_RATIO
+
+    rng = np.random.default_rng(0)
+    users, items, n = 37, 2000, 11
+    assert items > _GATHER_RATIO * n  # the gather path is taken
+    cands = np.stack([rng.choice(items, n, replace=False) for _ in range(users)])
+    ds = AmrDataset(num_users=users, num_items=items, features=np.zeros((items, 1), np.float32),
+                    train_pairs=np.array([[0, 0]]), test_candidates=cands)
+
+    class Fixed:
+        u = rng.normal(size=(users, 6)).astype(np.float32)
+        i = rng.normal(size=(items, 6)).astype(np.float32)
+
+        def user_vectors(self):
+            return self.u
+
+        def item_vectors(self, features=None):
+            return self.i
+
+    model = Fixed()
+    want = [int(np.sum(s[1:] >= s[0])) for s in (model.i[c] @ model.u[k] for k, c in enumerate(cands))]
+    assert rank_test_items(model, ds).tolist() == want
+    assert rank_test_items(model, ds, max_chunk_entries=3 * n * 6).tolist() == want  # several chunks

@@ -225,3 +225,28 @@ def test_invalid_hyper_parameters_raise_project_error(rng):
         VBPR(3, C.shape[0], C, embed_dim=0)
     with pytest.raises(AmrError, match="learning_rates"):
         VBPR(3, C.shape[0], C, learning_rates=(0.1, 0.1))
+
+
+def test_features_are_stored_once_and_read_by_rows(tiny_dataset):
+    model = AMR(tiny_dataset.num_users, tiny_dataset.num_items, tiny_dataset.features, embed_dim=4, seed=0)
+    assert isinstance(model.features, tf.Variable) and not model.features.trainable
+    assert all(w is not model.features for w in model.weights)  # not a Keras weight: never saved
+    np.testing.assert_array_equal(model.features.numpy(), tiny_dataset.features)
+    full = model.item_vectors().numpy()
+    chunked = (model.Q + model.visual_vectors(chunk_bytes=4 * tiny_dataset.feature_dim * 7)).numpy()
+    np.testing.assert_allclose(chunked, full, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(full, model.Q.numpy() + tiny_dataset.features @ model.E.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4)])
+def test_call_computes_only_the_requested_items(tiny_dataset, shape):
+    ds = tiny_dataset
+    model = VBPR(ds.num_users, ds.num_items, ds.features, embed_dim=4, seed=0, init_stddev=0.3)
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, ds.num_items, shape)
+    users = rng.integers(0, ds.num_users, shape[:1])
+    got = model((users, items)).numpy()
+    v = model.item_vectors().numpy()[items]
+    p = model.P.numpy()[users]
+    want = np.einsum("bk,bnk->bn", p, v) if len(shape) == 2 else np.sum(p * v, axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -48,3 +48,28 @@ def test_vbpr_beats_mf_and_learns_on_synthetic_data():
         results[name] = evaluate(model, ds)["NDCG@10"]
     untrained = evaluate(build_model("VBPR", ds, embed_dim=16, seed=1), ds)["NDCG@10"]
     assert results["VBPR"] > results["MFBPR"] and results["VBPR"] > untrained + 0.05
+
+
+def test_steps_per_execution_divides_the_epoch():
+    from amr_tf.training import steps_per_execution_for
+
+    assert steps_per_execution_for(13) == 13
+    assert steps_per_execution_for(104) == 104
+    assert steps_per_execution_for(1000, limit=256) == 250
+    assert steps_per_execution_for(257, limit=256) == 1  # a prime: one step per call
+    for steps in range(1, 600):
+        assert steps % steps_per_execution_for(steps) == 0
+
+
+def test_fit_restores_the_model_and_reuses_its_traced_function(tiny_dataset):
+    from amr_tf import training
+    model = build_model("VBPR", tiny_dataset, embed_dim=4, seed=0)
+    fit(model, tiny_dataset, epochs=1, batch_size=64, verbose=0)
+    assert model.steps_per_execution == 1 and model.train_function is None  # as compiled
+    cached = dict(training._train_functions[model])
+    assert len(cached) == 1
+    fit(model, tiny_dataset, epochs=2, initial_epoch=1, batch_size=64, verbose=0)
+    assert dict(training._train_functions[model]) == cached  # the same traced function, not retraced
+    model.compile()  # new optimisers: the old traced function must not be reused
+    fit(model, tiny_dataset, epochs=3, initial_epoch=2, batch_size=64, verbose=0)
+    assert list(training._train_functions[model].values()) != list(cached.values())
