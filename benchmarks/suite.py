@@ -212,7 +212,15 @@ def bench_breakdown(label, ds, batch_size, rounds, log):
         c = tf.gather(features, q)
         return tf.reduce_sum(tf.matmul(c, e)) + tf.reduce_sum(tf.matmul(c, dv, transpose_a=True))
 
+    @tf.function
+    def adversary_products(g, w):
+        # AMR's extra products per step: E0^T E (F x K x K), G (E0^T E) and (S G)^T W (n x K x K),
+        # and the E gradient E0 (S G)^T W (F x K x K). The rest of AMR's overhead is elementwise work.
+        gram = tf.matmul(e, e, transpose_a=True)
+        return tf.reduce_sum(tf.matmul(g, gram)) + tf.reduce_sum(tf.matmul(e, tf.matmul(g, w, transpose_a=True)))
+
     variants["the two n x F x K products alone"] = lambda: [products(q, dv) for q, dv in zip(uniques, dvs)]
+    variants["AMR's four adversary products alone"] = lambda: [adversary_products(dv, dv) for dv in dvs]
     timed = {}
     for name, fn in variants.items():
         if name.endswith("(+ Keras loop, tf.data)"):

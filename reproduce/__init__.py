@@ -9,6 +9,8 @@ or all of them with ``python -m reproduce.all``; ``python -m reproduce <experime
 ``eps_lambda``     AMR's clean accuracy over a grid of the adversary's budget eps and weight lambda
 ``training_curve`` HR@10 / NDCG@10 while AMR fine-tunes the pretrained VBPR, next to VBPR trained on
 ``significance``   AMR vs VBPR per metric: per-seed values, paired t-tests and Wilcoxon tests
+``pixel_attack``   FGSM / PGD on the posters' pixels, through the CNN into VBPR and AMR (needs the
+                   poster images, which are not shipped; not part of ``all``)
 =================  ==============================================================================
 
 Every experiment writes ``<out>/<experiment>/``: ``table.md``, ``results.csv`` (aggregates),
@@ -19,3 +21,5 @@ runs share them; ``--no-cache`` retrains.
 """
 
 EXPERIMENTS = ("overall", "robustness", "eps_lambda", "training_curve", "significance")
+# Experiments that need inputs the project does not ship; run on their own, never by ``all``.
+OPTIONAL_EXPERIMENTS = ("pixel_attack",)

@@ -3,12 +3,12 @@
 import importlib
 import sys
 
-from reproduce import EXPERIMENTS
+from reproduce import EXPERIMENTS, OPTIONAL_EXPERIMENTS
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    choices = list(EXPERIMENTS) + ["all"]
+    choices = list(EXPERIMENTS) + list(OPTIONAL_EXPERIMENTS) + ["all"]
     if not argv or argv[0] not in choices:
         print(f"usage: python -m reproduce {{{','.join(choices)}}} [--quick] [--dataset DIR] [--out DIR] ...\n"
               "       (python -m reproduce.<experiment> --help for the flags)", file=sys.stderr)
