@@ -1,7 +1,9 @@
-"""Training under ``tf.distribute.MirroredStrategy`` (two logical CPU devices) equals one device.
+"""Training under ``tf.distribute`` equals one device: ``MirroredStrategy`` over two logical CPU
+devices, and ``MultiWorkerMirroredStrategy`` over two worker processes on localhost.
 
-Logical devices must be configured before TensorFlow initialises its devices, which the test
-session has already done, so each case runs in a fresh interpreter (``sys.executable``).
+Logical devices (and a multi-worker strategy) must be configured before TensorFlow initialises
+its devices, which the test session has already done, so each case runs in fresh interpreters
+(``sys.executable``).
 """
 
 import json
@@ -9,8 +11,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +120,145 @@ def test_mirrored_two_devices_equals_one_device(name, kw):
         assert len(one) == len(two) == 3
         for a, b in zip(one, two):
             assert abs(a - b) <= 1e-5 * abs(a), (key, one, two)
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiWorkerMirroredStrategy: two worker processes on localhost, one CPU replica each.
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+
+    # First, before any op: the strategy reads TF_CONFIG and starts this worker's gRPC server.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+
+    import numpy as np
+    from amr_tf.data import TripletSampler, make_synthetic
+    from amr_tf.training import build_model, fit
+
+    name, kw, reference = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "1"
+    batch, epochs = 64, 3
+    ds = make_synthetic(num_users=30, num_items=50, feature_dim=12, num_pairs=200, num_negatives=20, seed=3)
+    # regs[2] > 0: the penalty on E (a whole matrix) must be counted once, not once per replica.
+    common = dict(embed_dim=8, regs=(0.1, 1e-3, 0.01), learning_rates=(0.05, 0.05, 0.05), seed=0, **kw)
+
+    with strategy.scope():
+        model = build_model(name, ds, **common)
+    history = fit(model, ds, epochs=epochs, batch_size=batch, seed=7, verbose=0)
+    weights = lambda m: {n: getattr(m, n).numpy().tolist() for n in m.parameter_names}
+    out = {"task": strategy.cluster_resolver.task_id, "replicas": strategy.num_replicas_in_sync,
+           "var_type": type(model.P.value).__name__, "history": history.history, "weights": weights(model)}
+
+    if reference:
+        # Single-device training in the same process, after the distributed run (the strategy
+        # had to come first): a model built outside the scope uses the default strategy.
+        assert not tf.distribute.has_strategy()
+        one = build_model(name, ds, **common)
+        out["initial"] = weights(one)
+        h_one = fit(one, ds, epochs=epochs, batch_size=batch, seed=7, verbose=0)
+        out.update(single_var_type=type(one.P.value).__name__, single_history=h_one.history, single=weights(one))
+        # Each worker's replica takes half of each global batch: users and items do occur on both.
+        u, i, j = next(iter(TripletSampler(ds, seed=7).batches(0, batch)))
+        h = batch // 2
+        out["shared_users"] = len(set(u[:h]) & set(u[h:]))
+        out["shared_items"] = len(set(np.r_[i[:h], j[:h]]) & set(np.r_[i[h:], j[h:]]))
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+# Worker errors that mean this environment cannot run a local gRPC cluster (not a library bug):
+# a server that cannot start, or (after the timeout) workers that never reached each other.
+_NO_SERVER = ("Could not start gRPC server", "Failed to add port to server")
+_NO_CONNECTION = ("failed to connect to all addresses", "Connection refused")
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _tail(text, n=3000):
+    lines = [line for line in text.splitlines() if not line.startswith(("I0000", "W0000", "WARNING: All log"))]
+    return "\n".join(lines)[-n:]
+
+
+def run_two_workers(name, timeout=240, **kw):
+    """Train in two MultiWorkerMirroredStrategy worker processes; worker 0 also trains on one device."""
+    try:
+        ports = _free_ports(2)
+    except OSError as e:
+        pytest.skip(f"cannot bind a localhost TCP port for the workers' gRPC servers: {e}")
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    # gRPC would send localhost traffic through a proxy named in the environment.
+    base = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "grpc_proxy")}
+    base.update(PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    procs, outputs, timed_out = [], [None, None], False
+    try:
+        for index in range(2):
+            env = dict(base, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", WORKER_SCRIPT, name, json.dumps(kw), "1" if index == 0 else "0"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + timeout
+        for k, proc in enumerate(procs):
+            outputs[k] = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        for proc in procs:  # one worker failing leaves the other waiting on a collective: kill both
+            if proc.poll() is None:
+                proc.kill()
+        for k, proc in enumerate(procs):
+            if outputs[k] is None:
+                outputs[k] = proc.communicate()
+    results = []
+    for proc, (out, _) in zip(procs, outputs):
+        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        results.append(json.loads(lines[-1][len("RESULT "):]) if proc.returncode == 0 and lines else None)
+    if None in results:
+        report = "\n".join(f"--- worker {i} (exit {p.returncode}{', killed after timeout' if timed_out else ''}):\n"
+                           f"{_tail(o)}\n{_tail(e)}" for i, (p, (o, e)) in enumerate(zip(procs, outputs)))
+        signs = _NO_SERVER + (_NO_CONNECTION if timed_out else ())
+        blocked = [s for s in signs if any(s in e for _, e in outputs)]
+        if blocked:
+            pytest.skip(f"no local gRPC cluster in this environment ({blocked[0]!r}):\n{report}")
+        pytest.fail(f"MultiWorkerMirroredStrategy workers failed (timeout {timeout} s):\n{report}")
+    return results
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("VBPR", {}), ("AMR", {"eps": 0.5, "adv_weight": 1.0})],
+    ids=["VBPR", "AMR"],
+)
+def test_multi_worker_two_workers_equal_one_device(name, kw):
+    w0, w1 = run_two_workers(name, **kw)
+    assert (w0["task"], w1["task"]) == (0, 1)
+    assert w0["replicas"] == w1["replicas"] == 2
+    assert w0["var_type"] == "MirroredVariable" and w0["single_var_type"] != "MirroredVariable"
+    assert w0["shared_users"] > 0 and w0["shared_items"] > 0
+    for n, single in w0["single"].items():
+        got0, got1 = np.asarray(w0["weights"][n]), np.asarray(w1["weights"][n])
+        assert np.array_equal(got0, got1), (n, float(np.abs(got0 - got1).max()))  # the workers agree
+        change = float(np.abs(np.asarray(single) - np.asarray(w0["initial"][n])).max())
+        assert change > 1e-3, n  # training moved the weights
+        diff = float(np.abs(got0 - np.asarray(single)).max())
+        assert diff <= 1e-5 * max(1.0, change), (n, diff)
+    # The logged losses are the whole global batch's, on both workers.
+    for key in ("loss", "bpr_loss") + (("adv_loss",) if name == "AMR" else ()):
+        one = w0["single_history"][key]
+        for worker in (w0, w1):
+            got = worker["history"][key]
+            assert len(got) == len(one) == 3
+            for a, b in zip(one, got):
+                assert abs(a - b) <= 1e-5 * abs(a), (key, one, got)

@@ -21,6 +21,15 @@ def replica_context():
     return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
 
 
+def _several_workers() -> bool:
+    """Whether this runs under a ``MultiWorkerMirroredStrategy`` with more than one worker."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)  # private in TF 2.21
+    return bool(in_multi_worker_mode()) if in_multi_worker_mode is not None else True
+
+
 def variable_rows(variable, indices):
     """``variable[indices]`` read with a resource gather (only those rows, never the whole matrix)."""
     var = variable.value if isinstance(variable, keras.Variable) else variable
@@ -213,7 +222,32 @@ class PairwiseModel(keras.Model):
         for tracker in self.metrics:
             if tracker.name in terms:  # AMR with adv_weight=0 computes no adversarial term
                 tracker.update_state(terms[tracker.name])
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if _several_workers():
+            # Keras 3.15 averages the logs of several workers with ``strategy.reduce("MEAN", v,
+            # axis=0)``, which fails on a scalar ("Invalid reduction dimension 0 for input with 0
+            # dimensions", tensorflow/tensorflow#72388). Give each value a batch axis of one: the
+            # mean over it (the same value on every replica) is the scalar again.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' build before ``fit``/``evaluate``, without reading a batch when nothing needs one.
+
+        The weights exist from ``__init__`` and the optimisers from ``compile``. Under a strategy,
+        Keras 3.15 (TF backend) still draws the first distributed batch and averages it over the
+        replicas with ``strategy.reduce``; ``MultiWorkerMirroredStrategy`` rejects a nested batch
+        there (our triplet: "Attempt to convert a value (PerReplica...) to a Tensor"), so a
+        multi-worker ``fit`` failed before its first step. The batch is only read to build
+        unbuilt layers, compiled metrics or losses; without them, build without it.
+        """
+        compiled = [getattr(self, "_compile_metrics", None), getattr(self, "_compile_loss", None)]
+        needs_batch = (not all(layer.built for layer in self._flatten_layers())
+                       or any(c is not None and not getattr(c, "built", False) for c in compiled))
+        if getattr(self, "_distribute_strategy", None) is None or needs_batch:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build()  # builds what is left (an unbuilt Keras optimiser), reads no data
 
     @property
     def metrics(self):
