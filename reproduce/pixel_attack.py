@@ -53,7 +53,7 @@ DEFAULT_MODELS = {"VBPR": ROOT / "pretrained" / "vbpr-movielens-posters",
                   "AMR": ROOT / "pretrained" / "amr-movielens-posters"}
 KS = (10,)
 QUICK = dict(max_items=2, eps=(8.0,), steps=1, targeted_items=1, figure_items=2)
-FULL = dict(max_items=16, eps=(1.0, 2.0, 4.0, 8.0), steps=5, targeted_items=4, figure_items=4)
+FULL = dict(max_items=64, eps=(1.0, 2.0, 4.0, 8.0), steps=10, targeted_items=4, figure_items=4)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vbpr", default=str(DEFAULT_MODELS["VBPR"]), help="VBPR checkpoint")
     p.add_argument("--amr", default=str(DEFAULT_MODELS["AMR"]), help="AMR checkpoint")
     p.add_argument("--out", default="results/pixel_attack", help="output folder")
-    p.add_argument("--max-items", type=positive_int, default=None, help="test items attacked (full 16, quick 2)")
+    p.add_argument("--max-items", type=positive_int, default=None, help="test items attacked (full 64, quick 2)")
     p.add_argument("--eps", default=None, help="pixel budgets in 1/255 units, comma-separated (full 1,2,4,8)")
     p.add_argument("--attacks", default="fgsm,pgd-linf,pgd-l2", help="comma-separated subset of fgsm,pgd-linf,pgd-l2")
-    p.add_argument("--steps", type=positive_int, default=None, help="PGD iterations (full 5, quick 1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="PGD iterations (full 10, quick 1)")
     p.add_argument("--step-size", type=float, default=None, help="PGD step in pixel units (default 2.5*eps/steps)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per attack batch")
     p.add_argument("--targeted-items", type=int, default=None, help="items of the targeted experiment (0: skip)")
