@@ -9,6 +9,7 @@ by ``remove_stale_temp_files``, which deletes the ones a killed process left beh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -29,7 +30,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result should not be
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private (0600); the result should not be
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
@@ -90,11 +91,16 @@ def _read_umask() -> int:
 
 # Read once, at import: os.umask can only be read by setting it, which would race with other
 # threads creating files if it were done on every write.
-_UMASK = _read_umask()
+UMASK = _read_umask()
 
 
-def _umask() -> int:
-    return _UMASK
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 LOCK_NAME = ".amr_tf.lock"
@@ -115,7 +121,7 @@ def directory_lock(directory: str | os.PathLike):
         return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from amr_tf.errors import DataError
-from amr_tf.io import atomic_write_bytes, atomic_write_text, read_npy_header
+from amr_tf.io import atomic_write_bytes, atomic_write_text, read_npy_header, sha256_file
 
 
 @dataclasses.dataclass(eq=False)
@@ -36,6 +36,8 @@ class AmrDataset:
     test_candidates: np.ndarray  # int64 (users, 1 + n): test positive, then negatives
     name: str = "dataset"
     path: str | None = None
+    # The files a directory dataset was read from (names inside ``path``), for ``files_sha256``.
+    source_files: tuple[str, ...] = ()
 
     @property
     def feature_dim(self) -> int:
@@ -87,16 +89,9 @@ class AmrDataset:
 
     @cached_property
     def _files_sha256(self) -> dict:
-        files = {}
+        """SHA-256 of the files the dataset was read from (not of other files in its directory)."""
         root = Path(self.path)
-        for f in sorted(root.iterdir()) if root.is_dir() else ():
-            if f.is_file() and (f.name in ("pos.txt", "neg.txt") or f.name.startswith("f_")):
-                h = hashlib.sha256()
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-                files[f.name] = h.hexdigest()
-        return files
+        return {name: sha256_file(root / name) for name in self.source_files if (root / name).is_file()}
 
     def summary(self) -> str:
         n_cand = self.test_candidates.shape[1] - 1 if self.test_candidates.size else 0
@@ -137,11 +132,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _read_int_table(path: Path, expected_cols: int | None, what: str) -> np.ndarray:
+def _read_int_table(path: Path, expected_cols: int | None, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse a whitespace-separated table of non-negative ints with line-precise errors.
 
     Lines are counted as an editor does (``\\n``); blank lines are skipped. With
-    ``expected_cols=None`` every line must have as many values as the first.
+    ``expected_cols=None`` every line must have as many values as the first. Returns the table
+    and the 1-based line number of each of its rows (for later messages about a row).
     """
     text = _read_text(path, what)
     rows = [(n, line.split()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
@@ -149,11 +145,13 @@ def _read_int_table(path: Path, expected_cols: int | None, what: str) -> np.ndar
         raise DataError(f"{path}: file is empty; expected {what}")
     width = expected_cols if expected_cols is not None else len(rows[0][1])
     plain = _PLAIN_INTS.fullmatch(text) is not None
+    # Plain digits can only be out of range with 19+ of them: then no token needs a look.
+    check_tokens = not plain or re.search(r"[0-9]{19}", text) is not None
     for n, toks in rows:
         if len(toks) != width:
             want = f"{expected_cols} integers" if expected_cols else f"{width} integers like line {rows[0][0]}"
             raise DataError(f"{path}, line {n}: found {_count(len(toks), 'value')}, expected {want}")
-        for t in toks:
+        for t in toks if check_tokens else ():
             if plain and len(t) < 19:
                 continue
             if _DIGITS.fullmatch(t):
@@ -164,7 +162,8 @@ def _read_int_table(path: Path, expected_cols: int | None, what: str) -> np.ndar
             else:
                 shown = t if len(t) <= 40 else t[:40] + "..."
                 raise DataError(f"{path}, line {n}: {shown!r} is not an integer id; expected {what}")
-    return np.array([t for _, toks in rows for t in toks], dtype=np.int64).reshape(len(rows), width)
+    table = np.array([t for _, toks in rows for t in toks], dtype=np.int64).reshape(len(rows), width)
+    return table, np.array([n for n, _ in rows], dtype=np.int64)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -267,8 +266,8 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
                 found = sorted(q.name for q in root.glob("f_*.npy"))
                 extra = f" (found: {', '.join(found)}; pass cnn=<name> for f_<name>.npy)" if found else ""
             raise DataError(f"{p}: required file is missing{extra}")
-    pairs = _read_int_table(pos_path, expected_cols=2, what="lines 'user item' of two 0-based integer ids")
-    cands = _read_int_table(neg_path, expected_cols=None,
+    pairs, pos_lines = _read_int_table(pos_path, expected_cols=2, what="lines 'user item' of two 0-based integer ids")
+    cands, neg_lines = _read_int_table(neg_path, expected_cols=None,
                             what="one row per user: the test item, then its negative candidates (integer ids)")
     if cands.shape[1] < 2:
         raise DataError(
@@ -278,14 +277,13 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
     features = load_features(feat_path)
 
     n_rows = features.shape[0]
-    for table, file in ((pairs, pos_path), (cands, neg_path)):
-        items = table if file is neg_path else table[:, 1:]
+    for items, file, lines in ((pairs[:, 1:], pos_path, pos_lines), (cands, neg_path, neg_lines)):
         bad = (items >= n_rows).any(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
             item = int(items[row][items[row] >= n_rows][0])
             raise DataError(
-                f"{file}, line {_line_of(file, row)}: item {item} has no feature row; "
+                f"{file}, line {lines[row]}: item {item} has no feature row; "
                 f"{feat_path.name} has {n_rows} rows (items 0..{n_rows - 1})"
             )
     num_users = int(max(pairs[:, 0].max() + 1, len(cands)))
@@ -294,7 +292,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
     if num_users > 2 * known_users + 1000:
         row = int(np.argmax(pairs[:, 0]))
         raise DataError(
-            f"{pos_path}, line {_line_of(pos_path, row)}: user id {pairs[row, 0]} implies {num_users} users but "
+            f"{pos_path}, line {pos_lines[row]}: user id {pairs[row, 0]} implies {num_users} users but "
             f"only {known_users} appear in pos.txt and neg.txt; user ids must be consecutive 0-based indices"
         )
     # As the original: num_items comes from the id files; extra feature rows (items that never
@@ -308,24 +306,14 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         test_candidates=cands,
         name=name or root.name,
         path=str(root),
+        source_files=(pos_path.name, neg_path.name, feat_path.name),
     )
-    _warn_about_users(ds, pos_path, neg_path)
-    _warn_candidates_in_train(ds, neg_path)
+    _warn_about_users(ds, pos_path, pos_lines, neg_path, neg_lines)
+    _warn_candidates_in_train(ds, neg_path, neg_lines)
     return ds
 
 
-def _line_of(path: Path, row: int) -> int:
-    """1-based line number of the ``row``-th non-blank line of ``path`` (only called to report errors)."""
-    seen = -1
-    for n, line in enumerate(_read_text(path, "text").split("\n"), 1):
-        if line.strip():
-            seen += 1
-            if seen == row:
-                return n
-    return row + 1
-
-
-def _warn_about_users(ds: AmrDataset, pos_path: Path, neg_path: Path) -> None:
+def _warn_about_users(ds: AmrDataset, pos_path: Path, pos_lines, neg_path: Path, neg_lines) -> None:
     """Warn about users who are trained but not evaluated, or evaluated but never trained."""
     n_rows = len(ds.test_candidates)
     beyond = ds.train_pairs[:, 0] >= n_rows
@@ -333,7 +321,7 @@ def _warn_about_users(ds: AmrDataset, pos_path: Path, neg_path: Path) -> None:
         row = int(np.argmax(beyond))
         n_users = len(np.unique(ds.train_pairs[beyond, 0]))
         warnings.warn(
-            f"{pos_path}, line {_line_of(pos_path, row)}: user {ds.train_pairs[row, 0]} has no row in neg.txt "
+            f"{pos_path}, line {pos_lines[row]}: user {ds.train_pairs[row, 0]} has no row in neg.txt "
             f"({_count(n_rows, 'row')}); {_count(n_users, 'user')} in all will be trained but not evaluated",
             stacklevel=3,
         )
@@ -342,13 +330,13 @@ def _warn_about_users(ds: AmrDataset, pos_path: Path, neg_path: Path) -> None:
     if untrained.any():
         u = int(np.argmax(untrained))
         warnings.warn(
-            f"{neg_path}, line {_line_of(neg_path, u)}: user {u} has no training pair in pos.txt; "
+            f"{neg_path}, line {neg_lines[u]}: user {u} has no training pair in pos.txt; "
             f"{_count(int(untrained.sum()), 'user')} in all will be evaluated with untrained embeddings",
             stacklevel=3,
         )
 
 
-def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path) -> None:
+def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path, neg_lines) -> None:
     """Warn when a candidate is one of that user's training items or repeats the test item.
 
     Either makes the sampled metrics pessimistic: the test item must outrank the candidate, and
@@ -361,7 +349,7 @@ def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path) -> None:
     if in_train.any():
         k = int(np.argmax(in_train))
         warnings.warn(
-            f"{neg_path}, line {_line_of(neg_path, users[k])}: negative candidate {items[k]} is a training item "
+            f"{neg_path}, line {neg_lines[users[k]]}: negative candidate {items[k]} is a training item "
             f"of user {users[k]} ({_count(int(in_train.sum()), 'such candidate')} in all); metrics will be pessimistic",
             stacklevel=3,
         )
@@ -369,7 +357,7 @@ def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path) -> None:
     if same.any():
         u = int(np.argmax(same.any(axis=1)))
         warnings.warn(
-            f"{neg_path}, line {_line_of(neg_path, u)}: negative candidate {ds.test_candidates[u, 0]} repeats "
+            f"{neg_path}, line {neg_lines[u]}: negative candidate {ds.test_candidates[u, 0]} repeats "
             f"user {u}'s test item ({_count(int(same.sum()), 'such candidate')} in all); ties count against the test item",
             stacklevel=3,
         )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from amr_tf.data.dataset import AmrDataset, load_amr_dir
 from amr_tf.data.synthetic import make_synthetic
+from amr_tf.datasets import DATA_DIR as PACKAGE_DATA  # the embedded datasets' folder
 from amr_tf.errors import DataError
-
-PACKAGE_DATA = Path(__file__).resolve().parents[1] / "datasets" / "data"
 
 # Synthetic shapes: "synthetic" is small and quick; "synthetic-original" has the original
 # release's Pinterest shape (3,226 users, 4,998 items, 2,048-d features, 6,618 pairs).

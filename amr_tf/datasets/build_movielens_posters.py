@@ -21,7 +21,7 @@ from amr_tf.datasets.movielens_posters import (
     default_shared_data_dir,
 )
 from amr_tf.errors import AmrError
-from amr_tf.cli import positive_int
+from amr_tf.cli import non_negative_int, positive_int
 
 
 def _negatives(text: str) -> int | None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"folder holding ml-100k/, ml-1m/ and ml1m-posters/ (default: {default_shared} if present)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help=f"output folder (default: {DEFAULT_OUT_DIR})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"negative-sampling seed (default: {DEFAULT_SEED})")
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED, help=f"negative-sampling seed (default: {DEFAULT_SEED})")
     parser.add_argument(
         "--negatives", type=_negatives, default=DEFAULT_NUM_NEGATIVES,
         help=f"negatives per user in neg.txt, or 'max' for the most every user allows (default: {DEFAULT_NUM_NEGATIVES})",

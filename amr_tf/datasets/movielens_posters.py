@@ -39,7 +39,6 @@ Duplicate MovieLens-100K ids (``u.item`` lists some movies twice) are merged by 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -52,7 +51,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from amr_tf.datasets import DATA_DIR
 from amr_tf.errors import AmrError, DataError
+from amr_tf.io import UMASK, sha256_file
 
 __all__ = [
     "ARTICLES",
@@ -93,7 +94,7 @@ DATA_FILES: tuple[str, ...] = ("pos.txt", "neg.txt", FEATURE_FILE, "items.tsv", 
 OUTPUT_FILES: tuple[str, ...] = DATA_FILES + ("README.md",)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_OUT_DIR = _PACKAGE_DIR / "data" / "movielens_posters"
+DEFAULT_OUT_DIR = DATA_DIR / "movielens_posters"
 _REPO_ROOT = _PACKAGE_DIR.parents[1]
 
 
@@ -501,14 +502,6 @@ class BuildReport:
         return data
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _poster_ids(image_dir: Path) -> set[int]:
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: poster folder not found (expected <MovieLens-1M id>.jpg files)")
@@ -721,9 +714,7 @@ def build(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+        os.chmod(tmp_dir, 0o777 & ~UMASK)  # mkdtemp makes it private; the dataset is not
         (tmp_dir / "pos.txt").write_text("".join(f"{u} {i}\n" for u, i in train.tolist()), encoding="ascii")
         (tmp_dir / "neg.txt").write_text(
             "".join(" ".join(map(str, row)) + "\n" for row in neg_rows.tolist()), encoding="ascii"
@@ -770,7 +761,7 @@ def build(
         )
         (tmp_dir / "stats.json").write_text(json.dumps(report.stats(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name in DATA_FILES:
-            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": _sha256(tmp_dir / name)}
+            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
         merged = sorted((mid, c) for mid, c in canonical.items() if mid != c)
         (tmp_dir / "README.md").write_text(_dataset_card(report, merged, ml100k), encoding="utf-8")
         for name in OUTPUT_FILES:
