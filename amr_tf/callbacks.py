@@ -28,7 +28,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
         bad_losses = {k: float(logs[k]) for k in LOSS_NAMES if k in logs and not math.isfinite(float(logs[k]))}
         bad_weights = non_finite_weights(self.model)
         if bad_losses or bad_weights:
-            self.model.stop_training = True
             what = ", ".join(f"{k} = {v}" for k, v in bad_losses.items()) or "the loss was finite"
             weights = f"; {', '.join(bad_weights)} hold NaN/Inf" if bad_weights else ""
             raise TrainingDivergedError(

@@ -51,13 +51,14 @@ def _rank_chunk(user_vecs, item_vecs, candidates, train=None, gather=False):
     ``train`` is the chunk's training interactions as ``(rows, items, positive_is_train)``: the
     users' CSR entries (row within the chunk, item id) and whether each user's positive is one.
     """
-    if gather:  # sampled, few candidates: batched dot products with the candidates' vectors
-        cand_scores = tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
+    if train is None:  # sampled: candidates scoring at least the positive
+        if gather:  # few candidates: batched dot products with the candidates' vectors
+            cand_scores = tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
+        else:
+            scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
+            cand_scores = tf.gather(scores, candidates, batch_dims=1)
         return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
     scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
-    if train is None:
-        cand_scores = tf.gather(scores, candidates, batch_dims=1)
-        return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
     # Items scoring at least the positive, minus the user's training items among them (masking by
     # subtraction: only the sparse training entries are looked at, no users x items mask is built),
     # minus the positive itself unless it was already subtracted as a training item.

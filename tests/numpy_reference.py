@@ -15,14 +15,20 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def adversary(P, Q, E, C, u, i, j, eps):
-    """Dense items x F perturbation: row-normalised gradient of the clean BPR sum w.r.t. C."""
+def feature_gradient(P, Q, E, C, u, i, j):
+    """Gradient of the clean BPR sum w.r.t. the features C (dense items x F)."""
     p = P[u]
     x = np.sum(p * ((Q[i] + C[i] @ E) - (Q[j] + C[j] @ E)), axis=1)
     a = -sigmoid(-x)  # dL/dx
     g = np.zeros_like(C)
     np.add.at(g, i, (a[:, None] * p) @ E.T)
     np.add.at(g, j, (-a[:, None] * p) @ E.T)
+    return g
+
+
+def adversary(P, Q, E, C, u, i, j, eps):
+    """Dense items x F perturbation: row-normalised gradient of the clean BPR sum w.r.t. C."""
+    g = feature_gradient(P, Q, E, C, u, i, j)
     norm = np.sqrt(np.maximum(np.sum(g * g, axis=1, keepdims=True), 1e-12))
     return eps * g / norm
 

@@ -85,11 +85,11 @@ def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int
             column.set_shape([n])
         # Slice whole batches (``from_tensor_slices(...).batch()`` would move triplets one by one).
         starts = tf.data.Dataset.range(0, n, batch_size)
-        return starts.map(lambda s: tuple(column[s:s + batch_size] for column in triplet))
+        # A 1-tuple: the triplet is Keras' "x", there is no "y".
+        return starts.map(lambda s: (tuple(column[s:s + batch_size] for column in triplet),))
 
     epochs = tf.data.Dataset.range(initial_epoch, np.iinfo(np.int64).max)
-    # A 1-tuple: the triplet is Keras' "x", there is no "y".
-    batches = epochs.flat_map(epoch_batches).map(lambda u, i, j: ((u, i, j),))
+    batches = epochs.flat_map(epoch_batches)
     # Under a multi-worker strategy every worker generates the same stream (same seed): split its
     # batches by element, not by (non-existent) input files.
     options = tf.data.Options()

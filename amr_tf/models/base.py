@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from amr_tf.errors import AmrError
 from amr_tf.models.optimizers import Adagrad
+from amr_tf.models.variables import variable_rows
 
 
 def replica_context():
@@ -28,12 +29,6 @@ def _several_workers() -> bool:
         return False
     in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)  # private in TF 2.21
     return bool(in_multi_worker_mode()) if in_multi_worker_mode is not None else True
-
-
-def variable_rows(variable, indices):
-    """``variable[indices]`` read with a resource gather (only those rows, never the whole matrix)."""
-    var = variable.value if isinstance(variable, keras.Variable) else variable
-    return tf.gather(var, indices)
 
 
 def _as_pair(values, n, name):
@@ -164,13 +159,13 @@ class PairwiseModel(keras.Model):
         return ItemBatch(variable_rows(self.Q, items), unique, index)
 
     def batch_item_vectors(self, batch: ItemBatch):
-        """Clean item vectors of the batch rows (2B x K) and the per-unique-item visual part (or None)."""
-        return batch.q_rows, None
+        """Clean item vectors of the batch rows (2B x K)."""
+        return batch.q_rows
 
     def extra_penalty(self):
         return tf.constant(0.0)
 
-    def adversarial_bpr(self, p, batch, visual, x):
+    def adversarial_bpr(self, p, batch, x):
         """The adversarial BPR sum on this batch, or ``None`` for models without an adversary."""
         return None
 
@@ -180,7 +175,7 @@ class PairwiseModel(keras.Model):
         b = tf.shape(users)[0]
         p = variable_rows(self.P, users)
         batch = self.batch_items(pos, neg)
-        v, visual = self.batch_item_vectors(batch)
+        v = self.batch_item_vectors(batch)
         x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)  # s_ui - s_uj
         bpr = tf.reduce_sum(tf.nn.softplus(-x))
         r1, r2, r3 = self.regs
@@ -192,7 +187,7 @@ class PairwiseModel(keras.Model):
             penalty += r3 * self.extra_penalty() / (1.0 if ctx is None else float(ctx.num_replicas_in_sync))
         terms = {"bpr_loss": bpr}
         loss = bpr + penalty
-        adv = self.adversarial_bpr(p, batch, visual, x)
+        adv = self.adversarial_bpr(p, batch, x)
         if adv is not None:
             terms["adv_loss"] = adv
             loss = loss + self.adv_weight * adv

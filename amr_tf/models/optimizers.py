@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from amr_tf.models.variables import variable_rows
+
 
 def deduplicate(grad):
     """Sum the rows of an ``IndexedSlices`` gradient that share an index (dense tensors pass through)."""
@@ -13,11 +15,6 @@ def deduplicate(grad):
     unique, position = tf.unique(grad.indices)
     values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(unique)[0])
     return tf.IndexedSlices(values, unique, grad.dense_shape)
-
-
-def _tf_variable(variable):
-    """The ``tf.Variable`` behind a Keras variable (a ``MirroredVariable`` under a strategy)."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 @keras.saving.register_keras_serializable(package="amr_tf")
@@ -56,6 +53,6 @@ class Adagrad(keras.optimizers.Adagrad):
         accumulator = self._accumulators[self._get_variable_index(variable)]
         self.assign_add(accumulator, tf.IndexedSlices(tf.square(values), indices, shape))
         # Resource ops on the same variable run in program order: this reads the updated rows.
-        accumulated = tf.gather(_tf_variable(accumulator), indices)
+        accumulated = variable_rows(accumulator, indices)
         step = lr * values / tf.sqrt(accumulated + tf.cast(self.epsilon, variable.dtype))
         self.assign_sub(variable, tf.IndexedSlices(step, indices, shape))

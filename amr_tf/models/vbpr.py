@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
-from amr_tf.models.base import PairwiseModel, variable_rows
+from amr_tf.models.base import PairwiseModel
+from amr_tf.models.variables import variable_rows
 
 
 def project(rows, E):
@@ -107,7 +108,7 @@ class VBPR(PairwiseModel):
     def batch_item_vectors(self, batch):
         # The visual part c_i E once per distinct item of the batch, then spread over its rows.
         visual = project(variable_rows(self.features, batch.unique), self.E)
-        return batch.q_rows + tf.gather(visual, batch.index), visual
+        return batch.q_rows + tf.gather(visual, batch.index)
 
     def extra_penalty(self):
         return tf.reduce_sum(tf.square(self.E))
