@@ -200,11 +200,12 @@ def read_manifest(path) -> dict:
                               + (f"; did you mean {Path(path) / hint[0]}?" if hint else ""))
     weights_path, manifest_path = _checkpoint_paths(path)
     embedded = _embedded_manifest(weights_path)
+    missing = False
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         problem = None
     except FileNotFoundError:
-        manifest, problem = None, f"{manifest_path}: checkpoint manifest not found"
+        manifest, problem, missing = None, f"{manifest_path}: checkpoint manifest not found", True
     except IsADirectoryError:
         manifest, problem = None, f"{manifest_path}: is a directory, expected a checkpoint manifest"
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
@@ -212,9 +213,9 @@ def read_manifest(path) -> dict:
     except OSError as exc:
         manifest, problem = None, f"{manifest_path}: cannot read ({exc.strerror or exc})"
     if embedded is not None:
-        if problem is not None and "not found" not in problem:
+        if problem is not None and not missing:
             warnings.warn(f"{problem}; using the copy stored in {weights_path.name}", stacklevel=2)
-        if manifest is None or not isinstance(manifest, dict) or manifest.get("save_id") != embedded.get("save_id"):
+        if not isinstance(manifest, dict) or manifest.get("save_id") != embedded.get("save_id"):
             return _validate_manifest(embedded, weights_path)
     if problem is not None:
         raise CheckpointError(problem)
@@ -261,8 +262,18 @@ def _check_shapes(weights_path: Path, model) -> None:
             )
 
 
-def load_weights(model, path) -> None:
-    """Load ``NAME.weights.h5`` (and the optimiser state, if the model is compiled), shapes checked first."""
+def checkpoint_exists(path) -> bool:
+    """Whether either file of checkpoint ``path`` (``NAME.weights.h5``, ``NAME.json``) exists."""
+    return any(p.exists() for p in _checkpoint_paths(path))
+
+
+def load_weights(model, path, manifest: dict | None = None) -> None:
+    """Load ``NAME.weights.h5`` (and the optimiser state, if the model is compiled), shapes checked first.
+
+    The random-number state saved with the weights (``manifest["seed_generators"]``; by default
+    the manifest stored inside the weights file) is restored too, so a loaded model continues
+    exactly as the saved one.
+    """
     weights_path, _ = _checkpoint_paths(path)
     _check_shapes(weights_path, model)
     try:
@@ -272,6 +283,9 @@ def load_weights(model, path) -> None:
     bad = non_finite_weights(model)
     if bad:
         raise CheckpointError(f"{weights_path}: {_contain(bad)} NaN or infinite values")
+    if manifest is None:  # the copy saved inside the weights file (none in a plain Keras file)
+        manifest = _embedded_manifest(weights_path) or {}
+    restore_seed_generators(model, manifest.get("seed_generators"), source=path)
 
 
 def load_checkpoint(path, dataset, compile: bool = True, **overrides):
@@ -314,8 +328,7 @@ def load_checkpoint(path, dataset, compile: bool = True, **overrides):
         raise CheckpointError(f"{path}: the manifest's configuration does not fit {cls.__name__} ({exc})") from None
     if compile:  # before loading, so that the Adagrad accumulators are restored too
         model.compile()
-    load_weights(model, path)
-    restore_seed_generators(model, manifest.get("seed_generators"), source=path)
+    load_weights(model, path, manifest)
     return model, manifest
 
 
@@ -371,10 +384,13 @@ def read_original_npy(path) -> list[np.ndarray]:
         raise CheckpointError(f"{path}: expected a list of numeric matrices [P, Q, E] ({exc})") from None
 
 
-def load_original_npy(path, model) -> None:
-    """Import the original release's weights (``read_original_npy``) into ``model``, shapes checked."""
+def load_original_npy(path, model, arrays: list | None = None) -> None:
+    """Import the original release's weights (``read_original_npy``) into ``model``, shapes checked.
+
+    ``arrays``: the file's arrays, if the caller has already read them.
+    """
     path = Path(path)
-    arrays = read_original_npy(path)
+    arrays = read_original_npy(path) if arrays is None else arrays
     names = list(getattr(model, "parameter_names", ("P", "Q", "E")))
     if len(arrays) != len(names):
         raise CheckpointError(f"{path}: holds {len(arrays)} arrays, expected {len(names)} ({', '.join(names)})")
@@ -382,8 +398,14 @@ def load_original_npy(path, model) -> None:
         want = tuple(getattr(model, name).shape)
         if arr.shape != want:
             raise CheckpointError(f"{path}: {name} has shape {arr.shape}, the model expects {want}")
+    _assign_finite(model, names, arrays, path)
+
+
+def _assign_finite(model, names, arrays, source) -> None:
+    """Assign ``arrays`` to the model's matrices ``names``, all or none: none may hold NaN/Inf."""
+    for name, arr in zip(names, arrays):
         if not np.isfinite(arr).all():
-            raise CheckpointError(f"{path}: {name} contains NaN or infinite values")
+            raise CheckpointError(f"{source}: {name} contains NaN or infinite values")
     for name, arr in zip(names, arrays):
         getattr(model, name).assign(arr)
 
@@ -415,8 +437,4 @@ def load_pretrained(model, path) -> None:
             arrays = [np.asarray(f["vars"][str(k)][()]) for k in range(len(model.parameter_names))]
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{weights_path}: truncated or corrupt weights file ({exc})") from None
-    for name, arr in zip(model.parameter_names, arrays):
-        if not np.isfinite(arr).all():
-            raise CheckpointError(f"{weights_path}: {name} contains NaN or infinite values")
-    for name, arr in zip(model.parameter_names, arrays):
-        getattr(model, name).assign(arr)
+    _assign_finite(model, model.parameter_names, arrays, weights_path)

@@ -259,7 +259,7 @@ def _config(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from amr_tf.checkpoints import read_manifest
+    from amr_tf.checkpoints import checkpoint_exists, read_manifest
     from amr_tf.evaluation import evaluate
     from amr_tf.io import directory_lock
     from amr_tf.training import build_model, set_seed
@@ -269,7 +269,7 @@ def cmd_train(args) -> int:
         if not args.weight_dir:
             raise AmrError("--resume needs --weight_dir: the directory of the run to continue")
         last = Path(args.weight_dir) / "last"
-        if any(Path(f"{last}{ext}").exists() for ext in (".weights.h5", ".json")):
+        if checkpoint_exists(last):
             resume = read_manifest(last)
             args, initial_epoch = _resume_args(args, resume, last)
         else:
@@ -302,7 +302,7 @@ def cmd_train(args) -> int:
 def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) -> int:
     """The rest of ``cmd_train``, while holding ``weight_dir``'s lock."""
     from amr_tf.callbacks import EvaluationCallback
-    from amr_tf.checkpoints import load_pretrained, load_weights, read_manifest, restore_seed_generators
+    from amr_tf.checkpoints import checkpoint_exists, load_pretrained, load_weights, read_manifest
     from amr_tf.errors import CheckpointError, TrainingDivergedError
     from amr_tf.evaluation import evaluate
     from amr_tf.io import remove_stale_temp_files
@@ -322,8 +322,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
             )
         if resume.get("model") != type(model).__name__:
             raise CheckpointError(f"{last}: holds a {resume.get('model')} model, not {type(model).__name__}")
-        load_weights(model, last)  # weights and the three Adagrad accumulators and counters
-        restore_seed_generators(model, resume.get("seed_generators"), source=last)
+        load_weights(model, last, resume)  # weights, Adagrad accumulators and counters, random state
         print(f"resuming {weight_dir} from epoch {initial_epoch}")
     elif args.pretrained:
         load_pretrained(model, args.pretrained)
@@ -338,7 +337,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     evaluator.set_model(model)
     if resume is None:
         evaluator.evaluate_now(0)  # also writes the epoch-0 'last' and 'best' checkpoints
-    elif (weight_dir / "best.json").exists() or (weight_dir / "best.weights.h5").exists():
+    elif checkpoint_exists(weight_dir / "best"):
         try:
             evaluator.restore(read_manifest(weight_dir / "best"))
         except CheckpointError as exc:
@@ -414,7 +413,7 @@ def cmd_convert(args) -> int:
                            f"{ds.name} has {ds.num_users}, {ds.num_items}, {ds.feature_dim}")
     feats = ds.features if ds is not None else np.zeros((ni, f), np.float32)
     model = VBPR(nu, ni, feats, embed_dim=k)
-    load_original_npy(args.npy, model)
+    load_original_npy(args.npy, model, arrays)
     path = save_checkpoint(model, args.out, ds, converted_from=str(args.npy))
     print(f"wrote {path} ({nu} users, {ni} items, {f}-d features, K={k})")
     return 0

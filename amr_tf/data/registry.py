@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from amr_tf.data.dataset import AmrDataset, load_amr_dir
 from amr_tf.data.synthetic import make_synthetic
 from amr_tf.datasets import DATA_DIR as PACKAGE_DATA  # the embedded datasets' folder
