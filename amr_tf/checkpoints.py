@@ -12,7 +12,6 @@ are NaN or infinite are never saved (``save_checkpoint`` raises and keeps the pr
 from __future__ import annotations
 
 import functools
-import io
 import json
 import pickle
 import platform
@@ -25,7 +24,7 @@ import h5py
 import numpy as np
 
 from amr_tf.errors import CheckpointError
-from amr_tf.io import atomic_path, atomic_write_bytes, atomic_write_text, read_npy_header
+from amr_tf.io import atomic_path, atomic_write_npy, atomic_write_text, read_npy_header
 
 MANIFEST_VERSION = 1
 MANIFEST_ATTR = "amr_tf_manifest"
@@ -415,9 +414,7 @@ def export_original_npy(model, path) -> None:
     arrays = np.empty(len(model.parameter_names), dtype=object)
     for k, name in enumerate(model.parameter_names):
         arrays[k] = getattr(model, name).numpy()
-    buf = io.BytesIO()
-    np.save(buf, arrays, allow_pickle=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_npy(path, arrays, allow_pickle=True)
 
 
 def load_pretrained(model, path) -> None:

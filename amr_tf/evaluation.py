@@ -29,11 +29,15 @@ def hit_ratio(ranks, k: int) -> float:
     return float(np.mean(np.asarray(ranks) < k))
 
 
-def ndcg(ranks, k: int) -> float:
-    """Mean NDCG@k with one relevant item: ``1 / log2(rank + 2)`` inside the top ``k``, else 0."""
+def ndcg_gains(ranks, k: int) -> np.ndarray:
+    """Per-user NDCG@k with one relevant item: ``1 / log2(rank + 2)`` inside the top ``k``, else 0."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    gains = np.where(ranks < k, np.log(2.0) / np.log(ranks + 2.0), 0.0)
-    return float(np.mean(gains))
+    return np.where(ranks < k, np.log(2.0) / np.log(ranks + 2.0), 0.0)
+
+
+def ndcg(ranks, k: int) -> float:
+    """Mean NDCG@k over users (:func:`ndcg_gains`)."""
+    return float(np.mean(ndcg_gains(ranks, k)))
 
 
 def metrics_from_ranks(ranks, ks=DEFAULT_KS) -> dict:

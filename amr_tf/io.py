@@ -60,6 +60,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_npy(path: str | os.PathLike, array, allow_pickle: bool = False) -> None:
+    """``np.save`` to exactly ``path`` (no ``.npy`` appended), atomically, streamed (no in-memory copy)."""
+    import numpy as np  # only here: the rest of this module is standard library
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=allow_pickle)
+
+
 def is_temp_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is named like one of ``atomic_path``'s temporary files."""
     return TEMP_NAME.match(Path(path).name) is not None

@@ -149,12 +149,13 @@ def md_table(header, rows) -> str:
 
 def per_user_metrics(ranks) -> dict:
     """Per-user HR@k (0/1) and NDCG@k from 0-based ranks, the quantities ``evaluate`` averages."""
-    ranks = np.asarray(ranks, dtype=np.float64)
+    from amr_tf.evaluation import ndcg_gains
+
+    ranks = np.asarray(ranks)
     out = {}
     for k in KS:
-        hit = ranks < k
-        out[f"HR@{k}"] = hit.astype(np.float64)
-        out[f"NDCG@{k}"] = np.where(hit, np.log(2.0) / np.log(ranks + 2.0), 0.0)
+        out[f"HR@{k}"] = (ranks < k).astype(np.float64)
+        out[f"NDCG@{k}"] = ndcg_gains(ranks, k)
     return out
 
 
@@ -208,11 +209,11 @@ class Run:
         return self._ranks
 
     def metrics(self, ctx) -> dict:
-        """Clean HR/NDCG@5/10/20 of the final model (``amr_tf.evaluation.evaluate``)."""
+        """Clean HR/NDCG@5/10/20 of the final model, from the cached :meth:`ranks` (as ``evaluate``)."""
         if self._metrics is None:
-            from amr_tf.evaluation import evaluate
+            from amr_tf.evaluation import metrics_from_ranks
 
-            self._metrics = evaluate(self.model, ctx.dataset, ks=KS, protocol=ctx.settings.protocol)
+            self._metrics = metrics_from_ranks(self.ranks(ctx), KS)
         return self._metrics
 
     def describe(self) -> dict:

@@ -303,6 +303,8 @@ def run(args) -> dict:
     atomic_write_text(out / "results.md", "\n".join(md))
     results = {"rows": rows, "targeted": targeted, "items": [int(i) for i in items], "num_users": int(len(users)),
                "pipeline_gap_mean": float(pipeline_gap.mean()), "attack_seconds": attack_seconds}
+    # What this run wrote (not whatever an earlier run left in ``out``).
+    written = sorted(["results.md", "results.csv", "manifest.json"] + (["figure.png"] if cfg["figure_items"] > 0 else []))
     manifest = {
         "experiment": "pixel_attack", "mode": mode,
         "command": "python -m reproduce.pixel_attack " + " ".join(getattr(args, "argv", []) or []),
@@ -314,13 +316,11 @@ def run(args) -> dict:
         "checkpoints": {"VBPR": args.vbpr, "AMR": args.amr},
         "settings": {**cfg, "attacks": attacks, "step_size": args.step_size, "batch_size": args.batch_size,
                      "seed": args.seed, "images": str(args.images), "save_formats": list(pixel.SAVE_FORMATS)},
-        "files": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")) ,
+        "files": written,
         "results": results,
     }
-    if "manifest.json" not in manifest["files"]:
-        manifest["files"] = sorted(manifest["files"] + ["manifest.json"])
     atomic_write_text(out / "manifest.json", to_json(manifest))
-    _log(t0, f"wrote {out}/ (results.md, results.csv, figure.png, manifest.json) in {runtime:.1f} s")
+    _log(t0, f"wrote {out}/ ({', '.join(written)}) in {runtime:.1f} s")
     return manifest
 
 

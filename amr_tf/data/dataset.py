@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from amr_tf.errors import DataError
-from amr_tf.io import atomic_write_bytes, atomic_write_text, read_npy_header, sha256_file
+from amr_tf.io import atomic_write_npy, atomic_write_text, read_npy_header, sha256_file
 
 
 @dataclasses.dataclass(eq=False)
@@ -372,9 +372,5 @@ def write_amr_dir(ds: AmrDataset, path: str | os.PathLike, cnn: str = "resnet", 
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "pos.txt", "".join(f"{u} {i}\n" for u, i in ds.train_pairs))
     atomic_write_text(root / "neg.txt", "".join(" ".join(map(str, row)) + "\n" for row in ds.test_candidates))
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, ds.features.astype(feature_dtype), allow_pickle=False)
-    atomic_write_bytes(root / f"f_{cnn}.npy", buf.getvalue())
+    atomic_write_npy(root / f"f_{cnn}.npy", ds.features.astype(feature_dtype))
     return root

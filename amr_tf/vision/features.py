@@ -22,7 +22,7 @@ import numpy as np
 
 from amr_tf.errors import AmrError, DataError
 from amr_tf.cli import positive_int
-from amr_tf.io import atomic_path
+from amr_tf.io import atomic_write_npy
 from amr_tf.vision.efficientnet_lite import FEATURE_DIM, IMAGE_SIZE, build_feature_extractor
 from amr_tf.vision.preprocess import CROP_FRACTION, load_and_preprocess
 
@@ -157,9 +157,7 @@ def save_npy_atomic(array: np.ndarray, out_path) -> None:
     """Write ``array`` to exactly ``out_path`` in .npy format via a temporary file and ``os.replace``."""
     out_path = os.fspath(out_path)
     try:
-        with atomic_path(out_path, suffix=".npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, array, allow_pickle=False)
+        atomic_write_npy(out_path, array)
     except OSError as exc:
         raise AmrError(f"{out_path}: cannot write: {exc}") from exc
 
