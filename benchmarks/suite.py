@@ -221,27 +221,16 @@ def bench_breakdown(label, ds, batch_size, rounds, log):
 
     variants["the two n x F x K products alone"] = lambda: [products(q, dv) for q, dv in zip(uniques, dvs)]
     variants["AMR's four adversary products alone"] = lambda: [adversary_products(dv, dv) for dv in dvs]
-    timed = {}
+    runners = {}
     for name, fn in variants.items():
         if name.endswith("(+ Keras loop, tf.data)"):
-            timed[name] = fn
+            runners[name] = fn
         else:
-            timed[name] = lambda fn=fn: stopwatch(lambda: [t.numpy() if hasattr(t, "numpy") else t
-                                                           for t in _flatten(fn())])
-        timed[name]()  # warm-up / trace
-    timings = interleaved(timed, rounds, Timings())
-    return {"label": label, "rows": {n: timings.median(n) for n in timed}}
-
-
-def _flatten(x):
-    if isinstance(x, (list, tuple)):
-        for y in x:
-            yield from _flatten(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _flatten(y)
-    elif x is not None:
-        yield x
+            runners[name] = lambda fn=fn: stopwatch(lambda: [t.numpy() for t in tf.nest.flatten(fn())
+                                                             if hasattr(t, "numpy")])
+        runners[name]()  # warm-up / trace
+    timings = interleaved(runners, rounds, Timings())
+    return {"label": label, "rows": {n: timings.median(n) for n in runners}}
 
 
 # ---------------------------------------------------------------------------- XLA

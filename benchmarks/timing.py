@@ -33,9 +33,6 @@ class Timings:
         """Median over rounds of ``a / b`` within the round (cancels load that drifts between rounds)."""
         return statistics.median(x / y for x, y in zip(self.samples[a], self.samples[b]))
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.samples
-
 
 def interleaved(variants: dict, rounds: int, timings: Timings, cpu: Timings | None = None, seed: int = 0) -> Timings:
     """Run every variant once per round, in a shuffled order; each variant returns its own seconds.

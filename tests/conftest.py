@@ -17,11 +17,16 @@ def shared_path(*parts) -> Path:
     return p
 
 
-@pytest.fixture
-def tiny_dataset():
+def make_tiny():
+    """The tiny synthetic dataset (40 users, 60 items, 12 features) most unit tests use."""
     from amr_tf.data import make_synthetic
 
     return make_synthetic(num_users=40, num_items=60, feature_dim=12, num_pairs=200, num_negatives=20, seed=3)
+
+
+@pytest.fixture
+def tiny_dataset():
+    return make_tiny()
 
 
 @pytest.fixture

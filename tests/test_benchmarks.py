@@ -40,22 +40,18 @@ def test_quick_benchmark_runs_and_prints_the_tables(tmp_path):
     assert results["memory"][0]["rss_peak_mib"] > 0
 
 
-def _tiny():
-    from amr_tf.data import make_synthetic
-
-    return make_synthetic(num_users=30, num_items=50, feature_dim=12, num_pairs=200, num_negatives=20, seed=3)
-
-
-def test_plain_tf_baseline_trains_exactly_like_vbpr():
-    """The plain-TF yardstick is the same model: same weights after the same batches."""
+@pytest.mark.parametrize("projection_gradient", [False, True])
+def test_plain_tf_baseline_trains_exactly_like_vbpr(projection_gradient, tiny_dataset):
+    """The plain-TF yardstick (either way of taking the projection's gradient) is the same model:
+    same weights after the same batches."""
     from amr_tf.data import TripletSampler
     from amr_tf.training import build_model
     from benchmarks.plain_tf import PlainVBPR
 
-    ds = _tiny()
+    ds = tiny_dataset
     model = build_model("VBPR", ds, embed_dim=8, regs=(0.1, 1e-3, 0.01), learning_rates=(0.05, 0.05, 0.05), seed=0)
     plain = PlainVBPR(model.P.numpy(), model.Q.numpy(), model.E.numpy(), ds.features, regs=model.regs,
-                      learning_rates=model.learning_rates)
+                      learning_rates=model.learning_rates, projection_gradient=projection_gradient)
     sampler = TripletSampler(ds, seed=0)
     for epoch in range(2):
         for u, i, j in sampler.batches(epoch, 64):
@@ -65,30 +61,13 @@ def test_plain_tf_baseline_trains_exactly_like_vbpr():
         np.testing.assert_allclose(getattr(plain, name).numpy(), getattr(model, name).numpy(), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("projection_gradient", [False, True])
-def test_plain_tf_projection_gradient_variant_is_the_same_model(projection_gradient):
-    from amr_tf.data import TripletSampler
-    from amr_tf.training import build_model
-    from benchmarks.plain_tf import PlainVBPR
-
-    ds = _tiny()
-    model = build_model("VBPR", ds, embed_dim=8, seed=0)
-    plain = PlainVBPR(model.P.numpy(), model.Q.numpy(), model.E.numpy(), ds.features, regs=model.regs,
-                      learning_rates=model.learning_rates, projection_gradient=projection_gradient)
-    u, i, j = TripletSampler(ds, seed=0).sample_epoch(0)
-    model.train_on_batch((u, i, j))
-    plain.step(u, i, j)
-    for name in "PQE":
-        np.testing.assert_allclose(getattr(plain, name).numpy(), getattr(model, name).numpy(), rtol=1e-5, atol=1e-7)
-
-
-def test_original_amr_graph_baseline_trains_exactly_like_amr():
+def test_original_amr_graph_baseline_trains_exactly_like_amr(tiny_dataset):
     """The straightforward original graph (per-row lookups, dense items x F adversary) is the same model."""
     from amr_tf.data import TripletSampler
     from amr_tf.training import build_model
     from benchmarks.plain_tf import OriginalAMR
 
-    ds = _tiny()
+    ds = tiny_dataset
     model = build_model("AMR", ds, embed_dim=8, regs=(0.1, 1e-3, 0.01), learning_rates=(0.05, 0.05, 0.05),
                         eps=0.5, seed=0)
     original = OriginalAMR(model.P.numpy(), model.Q.numpy(), model.E.numpy(), ds.features, eps=0.5,
@@ -102,12 +81,12 @@ def test_original_amr_graph_baseline_trains_exactly_like_amr():
         np.testing.assert_allclose(getattr(original, name).numpy(), getattr(model, name).numpy(), rtol=2e-5, atol=1e-7)
 
 
-def test_per_user_baseline_ranks_like_the_vectorised_evaluation():
+def test_per_user_baseline_ranks_like_the_vectorised_evaluation(tiny_dataset):
     from amr_tf.evaluation import rank_test_items
     from amr_tf.models import VBPR
     from benchmarks.plain_tf import PerUserEvaluator
 
-    ds = _tiny()
+    ds = tiny_dataset
     model = VBPR(ds.num_users, ds.num_items, ds.features, embed_dim=4, seed=0, init_stddev=0.5)
     loop = PerUserEvaluator(model, ds)
     assert loop.ranks(range(ds.num_users)).tolist() == rank_test_items(model, ds).tolist()

@@ -1,16 +1,10 @@
 """The command line: a smoke run, the original's flags, and errors without tracebacks."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from amr_tf.cli import build_parser, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_train_evaluate_smoke(tmp_path, capsys):
@@ -52,31 +46,11 @@ def test_original_flag_values_are_parsed_safely():
     assert p.parse_args(["train", "--adv", "1"]).adv is True
 
 
-@pytest.mark.parametrize(
-    "flags,message",
-    [
-        (["--lr", "[0.01,1e-4]"], "expected 3 numbers"),
-        (["--lr", "[0.01,0,1e-3]"], "must be finite and > 0"),
-        (["--lr", "__import__('os')"], "expected a list of 3 numbers"),
-        (["--epsilon", "-0.1"], "must be >= 0"),
-        (["--emb1_K", "0"], "must be > 0"),
-        (["--batch_size", "0"], "must be > 0"),
-        (["--adv", "maybe"], "expected true or false"),
-    ],
-)
-def test_bad_flags_exit_nonzero_with_message(flags, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train"] + flags)
-    assert exc.value.code != 0
-    assert message in capsys.readouterr().err
-
-
-def test_bad_dataset_reports_error_without_traceback(tmp_path):
+def test_bad_dataset_reports_error_without_traceback(tmp_path, capsys):
     (tmp_path / "pos.txt").write_text("0 1\n1 oops\n")
     (tmp_path / "neg.txt").write_text("2 0\n")
     np.save(tmp_path / "f_resnet.npy", np.ones((3, 2), np.float32))
-    proc = subprocess.run([sys.executable, "-m", "amr_tf", "train", "--dataset", str(tmp_path), "--epoch", "1"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert f"error: {tmp_path / 'pos.txt'}, line 2: 'oops' is not an integer id" in proc.stderr
+    assert main(["train", "--dataset", str(tmp_path), "--epoch", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: {tmp_path / 'pos.txt'}, line 2: 'oops' is not an integer id" in err

@@ -67,6 +67,7 @@ SCRIPT = textwrap.dedent(
     ref_error = {n: float(np.max(np.abs(getattr(stepped, n).numpy() - w) / (1e-6 + 1e-5 * np.abs(w))))
                  for n, w in zip("PQE", want)}
 
+    initial = build_model(name, ds, **common)
     out = {
         "ref_error": ref_error,
         "replicas": mirrored.num_replicas_in_sync,
@@ -74,7 +75,7 @@ SCRIPT = textwrap.dedent(
         "history_one": h_one, "history_two": h_two,
         "max_abs_diff": {n: float(np.abs(getattr(one, n).numpy() - getattr(two, n).numpy()).max())
                          for n in one.parameter_names},
-        "max_abs_change": {n: float(np.abs(getattr(one, n).numpy() - getattr(build_model(name, ds, **common), n).numpy()).max())
+        "max_abs_change": {n: float(np.abs(getattr(one, n).numpy() - getattr(initial, n).numpy()).max())
                            for n in one.parameter_names},
         "var_device": two.P.value.values[1].device if hasattr(two.P.value, "values") else None,
     }
@@ -83,14 +84,25 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _child_env():
+    """The environment of a child interpreter: this checkout importable, quiet TensorFlow, CPU only."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+
+def _parse_result(stdout):
+    """The JSON of the last ``RESULT `` line a child printed, or None when there is none."""
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):]) if lines else None
+
+
 def run_two_replicas(name, **kw):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, name, json.dumps(kw)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, name, json.dumps(kw)], cwd=ROOT, env=_child_env(),
                           capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    result = _parse_result(proc.stdout)
+    assert proc.returncode == 0 and result is not None, \
+        f"subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return result
 
 
 @pytest.mark.parametrize(
@@ -199,9 +211,7 @@ def run_two_workers(name, timeout=240, **kw):
         pytest.skip(f"cannot bind a localhost TCP port for the workers' gRPC servers: {e}")
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     # gRPC would send localhost traffic through a proxy named in the environment.
-    base = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "grpc_proxy")}
-    base.update(PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    base = {k: v for k, v in _child_env().items() if k.lower() not in ("http_proxy", "https_proxy", "grpc_proxy")}
     procs, outputs, timed_out = [], [None, None], False
     try:
         for index in range(2):
@@ -223,8 +233,7 @@ def run_two_workers(name, timeout=240, **kw):
                 outputs[k] = proc.communicate()
     results = []
     for proc, (out, _) in zip(procs, outputs):
-        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-        results.append(json.loads(lines[-1][len("RESULT "):]) if proc.returncode == 0 and lines else None)
+        results.append(_parse_result(out) if proc.returncode == 0 else None)
     if None in results:
         report = "\n".join(f"--- worker {i} (exit {p.returncode}{', killed after timeout' if timed_out else ''}):\n"
                            f"{_tail(o)}\n{_tail(e)}" for i, (p, (o, e)) in enumerate(zip(procs, outputs)))

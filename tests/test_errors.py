@@ -32,6 +32,7 @@ from amr_tf.cli import main
 from amr_tf.data import load_amr_dir, load_features
 from amr_tf.errors import AmrError, CheckpointError, DataError
 from amr_tf.training import build_model
+from tests.conftest import make_tiny
 
 GOOD_POS = "0 1\n1 2\n"
 GOOD_NEG = "3 0 2\n4 0 1\n"
@@ -203,9 +204,7 @@ def test_byte_order_mark_and_crlf_are_accepted(tmp_path):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A small compiled AMR checkpoint on a tiny synthetic dataset (trained for no epochs)."""
-    from amr_tf.data import make_synthetic
-
-    ds = make_synthetic(num_users=40, num_items=60, feature_dim=12, num_pairs=200, num_negatives=20, seed=3)
+    ds = make_tiny()
     model = build_model("AMR", ds, embed_dim=8, seed=0)
     root = tmp_path_factory.mktemp("ck")
     save_checkpoint(model, root / "ck", ds, epoch=0)

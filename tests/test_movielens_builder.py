@@ -25,8 +25,8 @@ from amr_tf.datasets.movielens_posters import (
     title_key,
 )
 from amr_tf.errors import AmrError, DataError
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"
 HAVE_SHARED = all(
     (SHARED_DATA / p).exists()

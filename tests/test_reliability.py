@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,7 +245,9 @@ def test_directory_dataset_records_file_hashes(tmp_path, tiny_dataset):
 
 
 def test_resume_keeps_the_configuration_and_the_dataset(runs, tmp_path, capsys, COMMON):
-    run = runs / "r"
+    # A copy: the last call rewrites metrics.json, which other tests read from runs/r.
+    run = tmp_path / "r"
+    shutil.copytree(runs / "r", run)
     assert main(COMMON + ["--lr", "[0.1,0.05,0.05]", "--weight_dir", str(run), "--resume", "--epoch", "20"]) == 2
     assert ("error: --resume: --lr (0.1, 0.05, 0.05) (the run used [0.05, 0.05, 0.05]); a resumed run keeps its "
             "configuration") in capsys.readouterr().err
