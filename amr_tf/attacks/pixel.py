@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
+from amr_tf.vision.features import inference_fn
 
 __all__ = [
     "PIXEL_MAX",
@@ -99,12 +100,18 @@ def raw_feature_scale(path) -> float:
 
 def feature_fn(extractor, feature_scale: float):
     """``pixels (B, H, W, 3) in [0, 255] -> normalised features (B, F)``, differentiable."""
+    return _scaled_features(lambda: extractor, feature_scale)
+
+
+def _scaled_features(get_extractor, feature_scale: float):
+    """:func:`feature_fn` for the extractor ``get_extractor()`` returns (a ``weakref.ref`` for the
+    per-extractor caches, whose values must not keep their key alive)."""
     if not feature_scale > 0:
         raise AmrError(f"feature_scale must be > 0, got {feature_scale}")
     scale = tf.constant(float(feature_scale), tf.float32)
 
     def features(x):
-        return extractor(tf.cast(x, tf.float32), training=False) / scale
+        return get_extractor()(tf.cast(x, tf.float32), training=False) / scale
 
     return features
 
@@ -114,33 +121,14 @@ def _np(variable) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def _weak_feature_fn(extractor, feature_scale: float):
-    """:func:`feature_fn` holding the extractor by weak reference (for the per-extractor caches, whose
-    values must not keep their key alive)."""
-    ref = weakref.ref(extractor)
-    scale = tf.constant(float(feature_scale), tf.float32)
-
-    def features(x):
-        return ref()(tf.cast(x, tf.float32), training=False) / scale
-
-    return features
-
-
 def untargeted_directions(model, dataset, items: Sequence[int]) -> np.ndarray:
     """``(len(items), F)`` directions ``-E sum_{u: test item of u is i} p_u`` (see the module docstring).
 
     An item that is no user's test item gets a zero direction (the attack leaves it unchanged).
     """
-    items = np.asarray(items, dtype=np.int64)
     test_items = np.asarray(dataset.test_candidates)[:, 0]
-    P = _np(model.P)
-    E = _np(model.E)
-    w = np.zeros((len(items), P.shape[1]))
-    for j, i in enumerate(items):
-        users = np.flatnonzero(test_items == i)
-        if len(users):
-            w[j] = -P[users].sum(axis=0)
-    return (w @ E.T).astype(np.float32)
+    users = [np.flatnonzero(test_items == i) for i in np.asarray(items, dtype=np.int64)]
+    return -targeted_directions(model, items, users)
 
 
 def targeted_directions(model, items: Sequence[int], users) -> np.ndarray:
@@ -194,7 +182,7 @@ def direction_gradient(extractor, feature_scale: float, directions):
     key = float(feature_scale)
     per_model = _TRACED.setdefault(extractor, {})
     if key not in per_model:
-        feats = _weak_feature_fn(extractor, key)
+        feats = _scaled_features(weakref.ref(extractor), key)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
                                       tf.TensorSpec([None, None], tf.float32)])
@@ -382,19 +370,15 @@ def save_and_reload(images, fmt: str, folder=None, names: Optional[Sequence[str]
     return np.stack(out).astype(np.float32) if out else images.copy()
 
 
-_EXTRACT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def extract(extractor, feature_scale: float, images, batch_size: int = 32) -> np.ndarray:
     """Normalised features ``f(x) / feature_scale`` of 224x224 model inputs (no crop or resize)."""
+    if not feature_scale > 0:
+        raise AmrError(f"feature_scale must be > 0, got {feature_scale}")
     images = np.asarray(images, dtype=np.float32)
-    per_model = _EXTRACT.setdefault(extractor, {})
-    if float(feature_scale) not in per_model:
-        per_model[float(feature_scale)] = tf.function(
-            _weak_feature_fn(extractor, feature_scale), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    fn = per_model[float(feature_scale)]
-    parts = [fn(tf.constant(images[s:s + batch_size])).numpy() for s in range(0, len(images), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, int(extractor.output_shape[-1])), np.float32)
+    infer = inference_fn(extractor)  # the traced forward pass amr_tf.vision uses too
+    parts = [infer(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
+    feats = np.concatenate(parts) if parts else np.zeros((0, int(extractor.output_shape[-1])), np.float32)
+    return feats / np.float32(feature_scale)
 
 
 @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)] * 2)

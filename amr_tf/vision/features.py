@@ -46,7 +46,7 @@ def _check_batch_size(batch_size) -> int:
 _INFER_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _inference_fn(model):
+def inference_fn(model):
     """A batch -> features callable traced once for any batch size (TensorFlow backend), so a short last
     batch does not trigger a retrace as ``predict_on_batch`` would; ``predict_on_batch`` elsewhere."""
     import keras
@@ -97,7 +97,7 @@ def extract_features(
         return out
     if model is None:
         model = build_feature_extractor(weights="imagenet", cache_dir=cache_dir)
-    infer = _inference_fn(model)
+    infer = inference_fn(model)
 
     def load(chunk):
         return np.stack([load_and_preprocess(p, IMAGE_SIZE, crop_fraction) for p in chunk]).astype(np.float32)
