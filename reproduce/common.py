@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from amr_tf.errors import AmrError  # noqa: E402
 from amr_tf.io import atomic_path, atomic_write_text  # noqa: E402
+from amr_tf.safe_io import read_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = ROOT / "pretrained"
@@ -381,7 +382,11 @@ def _pretrained_settings(path: Path) -> tuple[dict, dict]:
     from amr_tf.checkpoints import read_manifest
 
     if path.suffix == ".npy":
-        arrays = np.load(path, allow_pickle=True, encoding="latin1")
+        from amr_tf.checkpoints import read_original_npy
+
+        arrays = read_original_npy(path)  # the allow-listed reader: a crafted pickle runs nothing
+        if not arrays or np.ndim(arrays[0]) != 2:
+            raise AmrError(f"{path}: expected the original release's [P, Q, E] matrices")
         return {"embed_dim": int(np.shape(arrays[0])[1])}, {}
     manifest = read_manifest(path)
     config = manifest.get("config", {})
@@ -438,6 +443,8 @@ def resolve_pretrained(spec: str | None, dataset, log=print) -> dict:
         raise AmrError(f"{spec}: file not found")
     try:
         found, manifest = _pretrained_settings(path)
+    except AmrError:
+        raise  # already names the file and what is wrong with it
     except Exception as exc:  # a corrupt manifest or .npy: say which file
         raise AmrError(f"{spec}: cannot read the pretrained checkpoint ({exc})") from None
     fp = (manifest.get("dataset") or {}).get("fingerprint")
@@ -450,10 +457,10 @@ def resolve_pretrained(spec: str | None, dataset, log=print) -> dict:
     run_json = path.with_name(path.name + ".run.json")  # the CLI's metrics.json, kept beside it
     if train_seconds is None and run_json.exists():
         try:
-            run_info = json.loads(run_json.read_text())
+            run_info = read_json(run_json, "run summary")
             train_seconds = run_info.get("train_seconds")
             excerpt["run"] = {k: run_info.get(k) for k in ("epochs", "train_seconds", "best_epoch", "final")}
-        except (OSError, ValueError, AttributeError):
+        except (AmrError, AttributeError):
             pass
     log(f"pretrained VBPR: {path} ({', '.join(f'{k}={v}' for k, v in found.items())})")
     return {"source": "given", "path": str(path), "settings": found, "manifest_excerpt": excerpt,

@@ -91,7 +91,10 @@ SAVE_FORMATS = ("float", "png", "jpeg90")
 
 def raw_feature_scale(path) -> float:
     """The global max |value| of a raw feature ``.npy`` (what ``load_amr_dir`` divides the features by)."""
-    raw = np.load(os.fspath(path), allow_pickle=False)
+    from amr_tf.safe_io import open_regular
+
+    with open_regular(path, "a .npy feature file") as fh:
+        raw = np.load(fh, allow_pickle=False)
     scale = float(np.abs(raw.astype(np.float32)).max())
     if not math.isfinite(scale) or scale <= 0:
         raise AmrError(f"{path}: cannot take the global max |value| of the features (got {scale})")

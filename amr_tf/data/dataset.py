@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from amr_tf.errors import DataError
 from amr_tf.io import atomic_write_npy, atomic_write_text, read_npy_header, sha256_file
+from amr_tf.safe_io import open_regular, read_bytes
 
 
 @dataclasses.dataclass(eq=False)
@@ -111,14 +112,8 @@ _MAX_ID = 2**62  # far beyond any real id; keeps products like ``user * num_item
 
 
 def _read_text(path: Path, what: str) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: required file is missing") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected {what}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    # Regular files only: a FIFO, device, directory or link loop is named, never waited on.
+    data = read_bytes(path, what, DataError, missing=f"{path}: required file is missing")
     try:
         return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is tolerated
     except UnicodeDecodeError as exc:
@@ -172,14 +167,7 @@ def _read_npy(path: Path) -> np.ndarray:
     The header is checked against the file size before any data is read, so a truncated file
     (or a corrupt header claiming a huge shape) is reported instead of allocating memory for it.
     """
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: feature file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected a .npy feature file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    fh = open_regular(path, "a .npy feature file", DataError, missing=f"{path}: feature file not found")
     with fh:
         size = os.fstat(fh.fileno()).st_size
         magic = fh.read(6)
@@ -260,7 +248,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         raise DataError(f"{root}: {what} (expected a directory with pos.txt, neg.txt and f_<cnn>.npy)")
     pos_path, neg_path, feat_path = root / "pos.txt", root / "neg.txt", root / f"f_{cnn}.npy"
     for p in (pos_path, neg_path, feat_path):
-        if not p.is_file():
+        if not os.path.lexists(p):  # anything else there (a FIFO, a link loop...) is named by its reader
             extra = ""
             if p is feat_path:
                 found = sorted(q.name for q in root.glob("f_*.npy"))

@@ -9,9 +9,12 @@ Both on-disk formats are supported:
   per storage.
 
 Tensors are rebuilt with their real strides (converted checkpoints are often not C-contiguous) and
-returned as C-contiguous NumPy arrays.  Unpickling is restricted to a small allow-list of names
-(``collections.OrderedDict``, the tensor rebuild helpers, the typed storage classes), so a
-checkpoint cannot run arbitrary code.  Everything that goes wrong raises
+returned as C-contiguous NumPy arrays.  Every pickle in the file (the legacy format's header
+records included) goes through :class:`amr_tf.safe_io.RestrictedUnpickler` with a small allow-list
+of names (``collections.OrderedDict``, the tensor rebuild helpers, the typed storage classes), so a
+checkpoint cannot run arbitrary code.  The file is read into memory once (a regular file, size
+bounded); storages must fit in the bytes the file holds and tensors in their storages, so a small
+file cannot claim large allocations.  Everything that goes wrong raises
 :class:`amr_tf.errors.CheckpointError` naming the file.
 """
 
@@ -19,8 +22,8 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
-import pickle
 import struct
 import zipfile
 from typing import Any, Dict
@@ -28,6 +31,7 @@ from typing import Any, Dict
 import numpy as np
 
 from amr_tf.errors import CheckpointError
+from amr_tf.safe_io import MAX_PICKLE_BYTES, RestrictedUnpickler, read_bytes, restricted_load
 
 __all__ = ["load_torch_state_dict"]
 
@@ -76,10 +80,16 @@ class _LazyTensor:
         self.size = tuple(int(s) for s in size)
         self.stride = tuple(int(s) for s in stride)
 
-    def materialise(self, name: str, path: str) -> np.ndarray:
+    def materialise(self, name: str, path: str, budget: list) -> np.ndarray:
         data = self.storage.array
         if data is None:
             raise CheckpointError(f"{path}: storage {self.storage.key!r} of tensor {name!r} was never read")
+        # Stride 0 lets a tiny storage describe a huge tensor: all tensors together may not exceed
+        # the bytes the file holds.
+        budget[0] -= math.prod(self.size) * data.itemsize
+        if budget[0] < 0:
+            raise CheckpointError(f"{path}: tensor {name!r} (size {self.size}) makes the tensors larger than the "
+                                  "file's data; refused")
         # Bounds check before as_strided, which would otherwise read arbitrary memory.
         if self.size and min(self.size) == 0:
             out = np.zeros(self.size, dtype=data.dtype)
@@ -120,22 +130,13 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     def __init__(self, file, path: str, storages: Dict[str, _Storage], zip_numel_from_bytes=None):
-        super().__init__(file)
+        allowed = {**_ALLOWED, **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES}}
+        super().__init__(file, path, allowed, CheckpointError)
         self._path = path
         self._storages = storages
         self._zip_numel_from_bytes = zip_numel_from_bytes
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise CheckpointError(
-            f"{self._path}: the checkpoint refers to {module}.{name}, which this reader does not support "
-            "(only plain state_dicts of tensors can be read without PyTorch)"
-        )
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -145,6 +146,8 @@ class _Unpickler(pickle.Unpickler):
             raise CheckpointError(f"{self._path}: unsupported storage type {storage_type!r}")
         if len(pid) >= 5:
             numel = pid[4]
+            if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+                raise CheckpointError(f"{self._path}: storage {key!r} has size {numel!r}")
         elif self._zip_numel_from_bytes is not None:
             numel = self._zip_numel_from_bytes(key) // storage_type.dtype.itemsize
         else:
@@ -158,38 +161,43 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
-def _materialise(obj: Any, path: str) -> Dict[str, np.ndarray]:
+def _materialise(obj: Any, path: str, file_bytes: int) -> Dict[str, np.ndarray]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), found {type(obj).__name__}")
     out: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
+    budget = [file_bytes]
     for name, value in obj.items():
         if isinstance(value, _LazyTensor):
-            out[str(name)] = value.materialise(str(name), path)
+            out[str(name)] = value.materialise(str(name), path, budget)
     if not out:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return out
 
 
-def _load_legacy(f, path: str) -> Dict[str, np.ndarray]:
+def _load_legacy(data: bytes, path: str) -> Dict[str, np.ndarray]:
+    f = io.BytesIO(data)
     try:
-        magic = pickle.load(f)
+        # The header records are plain ints, a dict and a list: no globals at all are allowed.
+        magic = restricted_load(f, path, error=CheckpointError)
         if magic != _LEGACY_MAGIC:
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (bad magic number)")
-        protocol = pickle.load(f)
+        protocol = restricted_load(f, path, error=CheckpointError)
         if protocol != _LEGACY_PROTOCOL:
             raise CheckpointError(f"{path}: unsupported PyTorch legacy protocol version {protocol!r}")
-        sys_info = pickle.load(f)
+        sys_info = restricted_load(f, path, error=CheckpointError)
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
         storages: Dict[str, _Storage] = {}
         obj = _Unpickler(f, path, storages).load()
-        keys = pickle.load(f)
+        keys = restricted_load(f, path, error=CheckpointError)
     except CheckpointError:
         raise
     except Exception as exc:  # truncated/corrupt pickle stream
-        raise CheckpointError(f"{path}: cannot read the PyTorch checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path}: cannot read the PyTorch checkpoint: {exc}") from None
+    if not isinstance(keys, list):
+        raise CheckpointError(f"{path}: corrupt PyTorch checkpoint (the storage keys are not a list)")
     for key in keys:
         key = str(key)
         storage = storages.get(key)
@@ -206,14 +214,14 @@ def _load_legacy(f, path: str) -> Dict[str, np.ndarray]:
         if len(raw) != nbytes:
             raise CheckpointError(f"{path}: the file ends inside storage {key!r}; it is truncated")
         storage.array = np.frombuffer(raw, dtype=storage.type.dtype)
-    return _materialise(obj, path)
+    return _materialise(obj, path, len(data))
 
 
-def _load_zip(path: str) -> Dict[str, np.ndarray]:
+def _load_zip(data: bytes, path: str) -> Dict[str, np.ndarray]:
     try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(f"{path}: corrupt zip checkpoint: {exc}") from exc
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: corrupt zip checkpoint: {exc}") from None
     with zf:
         names = zf.namelist()
         pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
@@ -221,16 +229,24 @@ def _load_zip(path: str) -> Dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: zip checkpoint without data.pkl")
         root = pkl[0][: -len("data.pkl")]
         storages: Dict[str, _Storage] = {}
+        # A compressed entry could expand far beyond the file (a zip bomb); PyTorch stores them plain.
+        for info in zf.infolist():
+            if info.file_size > len(data):
+                raise CheckpointError(f"{path}: zip entry {info.filename} expands to {info.file_size} bytes, more "
+                                      f"than the {len(data)}-byte file; refused")
 
         def nbytes(key: str) -> int:
-            return zf.getinfo(f"{root}data/{key}").file_size
+            try:
+                return zf.getinfo(f"{root}data/{key}").file_size
+            except KeyError:
+                raise CheckpointError(f"{path}: zip checkpoint lacks {root}data/{key}") from None
 
         try:
             obj = _Unpickler(io.BytesIO(zf.read(pkl[0])), path, storages, nbytes).load()
         except CheckpointError:
             raise
         except Exception as exc:
-            raise CheckpointError(f"{path}: cannot read the PyTorch checkpoint: {exc}") from exc
+            raise CheckpointError(f"{path}: cannot read the PyTorch checkpoint: {exc}") from None
         for key, storage in storages.items():
             entry = f"{root}data/{key}"
             try:
@@ -241,7 +257,7 @@ def _load_zip(path: str) -> Dict[str, np.ndarray]:
             if len(raw) < need:
                 raise CheckpointError(f"{path}: {entry} holds {len(raw)} bytes, expected {need}")
             storage.array = np.frombuffer(raw[:need], dtype=storage.type.dtype)
-    return _materialise(obj, path)
+    return _materialise(obj, path, len(data))
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> Dict[str, np.ndarray]:
@@ -252,9 +268,8 @@ def load_torch_state_dict(path: str | os.PathLike) -> Dict[str, np.ndarray]:
     uses features this reader does not support.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: PyTorch checkpoint not found")
-    if zipfile.is_zipfile(path):
-        return _load_zip(path)
-    with open(path, "rb") as f:
-        return _load_legacy(f, path)
+    data = read_bytes(path, "a PyTorch checkpoint", CheckpointError, MAX_PICKLE_BYTES,
+                      missing=f"{path}: PyTorch checkpoint not found")
+    if data[:4] == b"PK\x03\x04" or zipfile.is_zipfile(io.BytesIO(data)):
+        return _load_zip(data, path)
+    return _load_legacy(data, path)

@@ -1,4 +1,4 @@
-"""Checkpoints: Keras ``.weights.h5`` plus a JSON manifest, and import of the original release's ``.npy``.
+"""The project's checkpoints: Keras ``.weights.h5`` plus a JSON manifest, saved and loaded safely.
 
 A checkpoint ``NAME`` is two files, ``NAME.weights.h5`` and ``NAME.json``; the manifest records the
 model class and hyper-parameters, the dataset fingerprint and whatever the caller adds
@@ -7,27 +7,37 @@ inside the weights file (HDF5 attribute ``amr_tf_manifest``), so the weights and
 manifest are replaced together in one rename: if a process is killed between the two renames,
 ``read_manifest`` notices (``save_id``) and uses the copy inside the weights file. Weights that
 are NaN or infinite are never saved (``save_checkpoint`` raises and keeps the previous files).
+Every read goes through ``amr_tf.safe_io`` (regular files, no HDF5 links out of the file,
+bounded JSON), and a manifest's sizes are checked against the memory available before the
+model it describes is built.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import pickle
-import platform
-import subprocess
 import uuid
 import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from amr_tf.checkpoints.provenance import provenance
 from amr_tf.errors import CheckpointError
-from amr_tf.io import atomic_path, atomic_write_npy, atomic_write_text, read_npy_header
+from amr_tf.io import atomic_path, atomic_write_text
+from amr_tf.safe_io import (
+    check_allocation,
+    open_hdf5,
+    parse_json,
+    read_hdf5_attribute,
+    read_json,
+    write_hdf5_attribute,
+)
 
 MANIFEST_VERSION = 1
 MANIFEST_ATTR = "amr_tf_manifest"
+# Bytes per embedding entry while training: the weight, its Adagrad accumulator, the gradient and
+# a few batch-sized temporaries (float32).
+BYTES_PER_PARAMETER = 4 * 4
 
 
 def _checkpoint_paths(path) -> tuple[Path, Path]:
@@ -41,47 +51,6 @@ def _checkpoint_paths(path) -> tuple[Path, Path]:
     return base.with_name(name + ".weights.h5"), base.with_name(name + ".json")
 
 
-@functools.lru_cache(maxsize=1)
-def _provenance() -> dict:
-    import keras
-    import scipy
-    import tensorflow as tf
-
-    import amr_tf
-
-    def git(*args):
-        try:
-            proc = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
-                                  timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    # Only this project's own checkout counts (not, say, a user's repository holding a virtualenv).
-    top = (git("rev-parse", "--show-toplevel") or "").strip()
-    ours = bool(top) and (Path(top) / "amr_tf").resolve() == Path(__file__).resolve().parent
-    commit = (git("rev-parse", "HEAD") or "").strip() or None if ours else None
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {
-        "amr_tf": amr_tf.__version__,
-        "git_commit": commit,
-        "git_dirty": None if status is None else bool(status.strip()),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "h5py": h5py.__version__,
-    }
-
-
-def provenance() -> dict:
-    """Versions and git commit (with whether the tree had uncommitted changes), recorded in every
-    manifest and result file. Computed once per process."""
-    return dict(_provenance())
-
-
 def _contain(names) -> str:
     return f"{', '.join(names)} {'contains' if len(names) == 1 else 'contain'}"
 
@@ -90,6 +59,20 @@ def non_finite_weights(model) -> list[str]:
     """Names of ``model``'s weight matrices that contain NaN or infinity."""
     return [name for name in getattr(model, "parameter_names", ())
             if not np.isfinite(getattr(model, name).numpy()).all()]
+
+
+def check_model_fits(num_users: int, num_items: int, feature_dim: int, embed_dim, where, error=CheckpointError) -> None:
+    """Raise ``error`` unless ``embed_dim`` is a positive integer whose matrices fit in memory.
+
+    Called before a model is built from a flag or a manifest, so that an absurd size is one
+    clear error instead of an allocation failure deep inside TensorFlow.
+    """
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+        raise error(f"{where}: embedding size {embed_dim!r} is not a positive integer")
+    rows = int(num_users) + int(num_items) + int(feature_dim)
+    check_allocation(rows * embed_dim * BYTES_PER_PARAMETER,
+                     f"{where}: a model with embedding size {embed_dim} for {num_users} users, {num_items} items "
+                     f"and {feature_dim}-d features", error)
 
 
 def seed_generator_states(model) -> dict:
@@ -106,11 +89,16 @@ def seed_generator_states(model) -> dict:
 def restore_seed_generators(model, states: dict | None, source="checkpoint") -> None:
     import keras
 
+    if states is not None and not isinstance(states, dict):
+        raise CheckpointError(f"{source}: corrupt manifest: 'seed_generators' must be an object")
     for name, value in (states or {}).items():
         gen = getattr(model, name, None)
         if not isinstance(gen, keras.random.SeedGenerator):
             raise CheckpointError(f"{source}: records random state {name!r}, which {type(model).__name__} lacks")
-        value = np.asarray(value)
+        try:
+            value = np.asarray(value, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise CheckpointError(f"{source}: random state {name!r} is not a list of integers") from None
         if value.shape != tuple(gen.state.shape):
             raise CheckpointError(f"{source}: random state {name!r} has shape {value.shape}, "
                                   f"expected {tuple(gen.state.shape)}")
@@ -145,8 +133,7 @@ def save_checkpoint(model, path, dataset=None, **extra) -> Path:
     text = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     with atomic_path(weights_path, suffix=".weights.h5") as tmp:
         model.save_weights(str(tmp))
-        with h5py.File(tmp, "a") as f:
-            f.attrs[MANIFEST_ATTR] = text
+        write_hdf5_attribute(tmp, MANIFEST_ATTR, text)
     atomic_write_text(manifest_path, text + "\n")
     return weights_path
 
@@ -160,17 +147,22 @@ def _json_default(obj):
 
 
 def _embedded_manifest(weights_path: Path):
-    """The manifest stored inside ``NAME.weights.h5``, or ``None`` when absent or unreadable."""
+    """The manifest stored inside ``NAME.weights.h5``, or ``None`` when absent or unreadable.
+
+    A file that is not a regular HDF5 file without links out of it raises (the caller cannot use it anyway).
+    """
     try:
-        with h5py.File(weights_path, "r") as f:
-            text = f.attrs.get(MANIFEST_ATTR)
-    except Exception:  # noqa: BLE001 - missing or corrupt file: the caller reports it when loading
+        with open_hdf5(weights_path, "weights file", CheckpointError) as f:
+            text = read_hdf5_attribute(f, MANIFEST_ATTR, weights_path, CheckpointError)
+    except CheckpointError as exc:
+        if getattr(exc, "missing", False) or getattr(exc, "corrupt", False):
+            return None  # missing or damaged: reported when the weights are loaded
+        raise
+    if text is None:
         return None
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
     try:
-        manifest = json.loads(text) if isinstance(text, str) else None
-    except json.JSONDecodeError:
+        manifest = parse_json(text, weights_path, "manifest", CheckpointError)
+    except CheckpointError:
         return None
     return manifest if isinstance(manifest, dict) else None
 
@@ -181,8 +173,9 @@ def _validate_manifest(manifest, where) -> dict:
                               "'model' and 'config')")
     if not isinstance(manifest["model"], str) or not isinstance(manifest["config"], dict):
         raise CheckpointError(f"{where}: corrupt manifest: 'model' must be a string and 'config' an object")
-    if manifest.get("dataset") is not None and not isinstance(manifest["dataset"], dict):
-        raise CheckpointError(f"{where}: corrupt manifest: 'dataset' must be an object")
+    for key in ("dataset", "args", "metrics"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise CheckpointError(f"{where}: corrupt manifest: '{key}' must be an object")
     return manifest
 
 
@@ -201,16 +194,11 @@ def read_manifest(path) -> dict:
     embedded = _embedded_manifest(weights_path)
     missing = False
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = read_json(manifest_path, "manifest", CheckpointError,
+                             missing=f"{manifest_path}: checkpoint manifest not found")
         problem = None
-    except FileNotFoundError:
-        manifest, problem, missing = None, f"{manifest_path}: checkpoint manifest not found", True
-    except IsADirectoryError:
-        manifest, problem = None, f"{manifest_path}: is a directory, expected a checkpoint manifest"
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        manifest, problem = None, f"{manifest_path}: corrupt manifest ({exc})"
-    except OSError as exc:
-        manifest, problem = None, f"{manifest_path}: cannot read ({exc.strerror or exc})"
+    except CheckpointError as exc:
+        manifest, problem, missing = None, str(exc), getattr(exc, "missing", False)
     if embedded is not None:
         if problem is not None and not missing:
             warnings.warn(f"{problem}; using the copy stored in {weights_path.name}", stacklevel=2)
@@ -223,10 +211,11 @@ def read_manifest(path) -> dict:
 
 def _stored_model_shapes(weights_path: Path) -> list[tuple]:
     """Shapes of the model's own matrices in a Keras ``.weights.h5`` (group ``vars``, in order)."""
-    if not weights_path.exists():
-        raise CheckpointError(f"{weights_path}: weights file not found")
-    try:
-        with h5py.File(weights_path, "r") as f:
+    import h5py
+
+    with open_hdf5(weights_path, "weights file", CheckpointError,
+                   missing=f"{weights_path}: weights file not found") as f:
+        try:
             group = f.get("vars")
             if not isinstance(group, h5py.Group):
                 raise CheckpointError(f"{weights_path}: not a Keras weights file of an amr-tf model (no 'vars')")
@@ -237,14 +226,17 @@ def _stored_model_shapes(weights_path: Path) -> list[tuple]:
                     raise CheckpointError(f"{weights_path}: corrupt weights file (vars/{k} is not an array)")
                 shapes.append(tuple(item.shape))
             return shapes
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... on damage
-        raise CheckpointError(f"{weights_path}: truncated or corrupt weights file ({exc})") from None
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... on damage
+            raise CheckpointError(f"{weights_path}: truncated or corrupt weights file ({exc})") from None
 
 
-def _check_shapes(weights_path: Path, model) -> None:
-    """Raise ``CheckpointError`` naming the first matrix whose stored shape does not fit ``model``."""
+def check_shapes(weights_path: Path, model) -> None:
+    """Raise ``CheckpointError`` naming the first matrix whose stored shape does not fit ``model``.
+
+    Also the safety check before Keras opens the file itself: ``open_hdf5`` refuses links out of it.
+    """
     stored = _stored_model_shapes(weights_path)
     names = list(model.parameter_names)
     expected = [tuple(getattr(model, name).shape) for name in names]
@@ -262,8 +254,8 @@ def _check_shapes(weights_path: Path, model) -> None:
 
 
 def checkpoint_exists(path) -> bool:
-    """Whether either file of checkpoint ``path`` (``NAME.weights.h5``, ``NAME.json``) exists."""
-    return any(p.exists() for p in _checkpoint_paths(path))
+    """Whether either file of checkpoint ``path`` (``NAME.weights.h5``, ``NAME.json``) exists (as any kind of file)."""
+    return any(p.exists() or p.is_symlink() for p in _checkpoint_paths(path))
 
 
 def load_weights(model, path, manifest: dict | None = None) -> None:
@@ -274,7 +266,7 @@ def load_weights(model, path, manifest: dict | None = None) -> None:
     exactly as the saved one.
     """
     weights_path, _ = _checkpoint_paths(path)
-    _check_shapes(weights_path, model)
+    check_shapes(weights_path, model)  # also refuses FIFOs, links and external storage before Keras opens it
     try:
         model.load_weights(str(weights_path))
     except Exception as exc:  # noqa: BLE001 - Keras/h5py raise ValueError, OSError, KeyError... on damage
@@ -316,6 +308,10 @@ def load_checkpoint(path, dataset, compile: bool = True, **overrides):
             f"{path}: checkpoint has feature_dim={manifest['config']['feature_dim']} "
             f"but dataset {dataset.name!r} has {dataset.feature_dim}-d features"
         )
+    dim = config.get("embed_dim")
+    if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:  # other values: the model's own check
+        check_model_fits(dataset.num_users, dataset.num_items, dataset.feature_dim, config["embed_dim"],
+                         f"{path}: the manifest's configuration", CheckpointError)
     try:
         if cls.__name__ == "MFBPR":
             model = cls(**config)
@@ -323,7 +319,7 @@ def load_checkpoint(path, dataset, compile: bool = True, **overrides):
             model = cls(features=dataset.features, **config)
     except AmrError as exc:
         raise CheckpointError(f"{path}: the manifest's configuration is invalid ({exc})") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(f"{path}: the manifest's configuration does not fit {cls.__name__} ({exc})") from None
     if compile:  # before loading, so that the Adagrad accumulators are restored too
         model.compile()
@@ -331,107 +327,10 @@ def load_checkpoint(path, dataset, compile: bool = True, **overrides):
     return model, manifest
 
 
-# ---------------------------------------------------------------------------- the original release's .npy
-
-# The only globals a pickled list of float arrays needs; anything else (os.system...) is refused.
-_NUMPY_PICKLE_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _NUMPY_PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only NumPy arrays are allowed)")
-        if module.startswith("numpy.core."):  # Python 2 / NumPy 1 pickles; NumPy 2 moved it
-            module = "numpy._core." + module[len("numpy.core."):]
-        return super().find_class(module, name)
-
-
-def read_original_npy(path) -> list[np.ndarray]:
-    """The arrays of the original release's weights file: a pickled object array ``[P, Q, E]``.
-
-    This is the only place the project reads a pickled ``.npy`` (the original release wrote its
-    weights that way, from Python 2: ``encoding="latin1"``). The unpickler only accepts NumPy
-    arrays, so a crafted file cannot run code.
-    """
-    path = Path(path)
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: weights file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with fh:
-        try:
-            _, _, dtype = read_npy_header(fh)
-            if not dtype.hasobject:
-                fh.seek(0)
-                arrays = np.load(fh, allow_pickle=False)
-            else:
-                arrays = _NumpyOnlyUnpickler(fh, encoding="latin1").load()
-        except Exception as exc:  # noqa: BLE001 - a corrupt file can raise almost anything
-            raise CheckpointError(f"{path}: not a readable original-release weights file ({exc})") from None
-    try:
-        return [np.asarray(a, dtype=np.float32) for a in arrays]
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: expected a list of numeric matrices [P, Q, E] ({exc})") from None
-
-
-def load_original_npy(path, model, arrays: list | None = None) -> None:
-    """Import the original release's weights (``read_original_npy``) into ``model``, shapes checked.
-
-    ``arrays``: the file's arrays, if the caller has already read them.
-    """
-    path = Path(path)
-    arrays = read_original_npy(path) if arrays is None else arrays
-    names = list(getattr(model, "parameter_names", ("P", "Q", "E")))
-    if len(arrays) != len(names):
-        raise CheckpointError(f"{path}: holds {len(arrays)} arrays, expected {len(names)} ({', '.join(names)})")
-    for name, arr in zip(names, arrays):
-        want = tuple(getattr(model, name).shape)
-        if arr.shape != want:
-            raise CheckpointError(f"{path}: {name} has shape {arr.shape}, the model expects {want}")
-    _assign_finite(model, names, arrays, path)
-
-
-def _assign_finite(model, names, arrays, source) -> None:
+def assign_finite(model, names, arrays, source) -> None:
     """Assign ``arrays`` to the model's matrices ``names``, all or none: none may hold NaN/Inf."""
     for name, arr in zip(names, arrays):
         if not np.isfinite(arr).all():
             raise CheckpointError(f"{source}: {name} contains NaN or infinite values")
     for name, arr in zip(names, arrays):
         getattr(model, name).assign(arr)
-
-
-def export_original_npy(model, path) -> None:
-    """Write ``[P, Q, E]`` as the original release did (an object array), atomically."""
-    arrays = np.empty(len(model.parameter_names), dtype=object)
-    for k, name in enumerate(model.parameter_names):
-        arrays[k] = getattr(model, name).numpy()
-    atomic_write_npy(path, arrays, allow_pickle=True)
-
-
-def load_pretrained(model, path) -> None:
-    """Initialise ``model``'s matrices from a checkpoint or an original-release ``.npy``.
-
-    Only the weights are taken (the optimiser starts fresh), as the original's ``--pretrain``
-    did; this is how AMR starts from a pretrained VBPR.
-    """
-    path = Path(path)
-    if path.suffix == ".npy":
-        load_original_npy(path, model)
-        return
-    weights_path, _ = _checkpoint_paths(path)
-    _check_shapes(weights_path, model)
-    try:
-        with h5py.File(weights_path, "r") as f:
-            arrays = [np.asarray(f["vars"][str(k)][()]) for k in range(len(model.parameter_names))]
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{weights_path}: truncated or corrupt weights file ({exc})") from None
-    _assign_finite(model, model.parameter_names, arrays, weights_path)
