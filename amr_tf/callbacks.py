@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from amr_tf.checkpoints import non_finite_weights, save_checkpoint
@@ -16,23 +17,54 @@ LOSS_NAMES = ("loss", "bpr_loss", "adv_loss")
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stop training with ``TrainingDivergedError`` when an epoch's loss or the weights are NaN/infinite.
+    """Stop training with ``TrainingDivergedError`` when an epoch went wrong.
 
-    Checked at the end of every epoch (the epoch's mean loss is non-finite if any batch's was).
-    ``training.fit`` puts it first among the callbacks, so the error is raised before any other
-    callback of that epoch runs: nothing is evaluated or checkpointed from the diverged weights.
+    Checked at the end of every epoch: the epoch's mean loss (non-finite if any batch's was), the
+    weights, and the optimisers' state (the Adagrad accumulators: with absurd penalties they become
+    infinite while the weights merely stop moving), and whether any weight changed at all (an epoch
+    that changes nothing is a silent no-op, e.g. ``--regs '[1e30,1e30,1e30]'``). ``training.fit``
+    puts it first among the callbacks, so the error is raised before any other callback of that
+    epoch runs: nothing is evaluated or checkpointed from that epoch.
     """
+
+    def __init__(self):
+        super().__init__()
+        self._before = None
+
+    def _weights(self) -> dict:
+        return {name: getattr(self.model, name).numpy() for name in getattr(self.model, "parameter_names", ())}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._before = self._weights()
+
+    def _bad_optimizer_state(self) -> list[str]:
+        bad = []
+        names = getattr(self.model, "parameter_names", ())
+        optimizers = getattr(self.model, "optimizers_by_param", None) or []
+        for k, opt in enumerate(optimizers):
+            for var in opt.variables:
+                if "float" in str(var.dtype):
+                    if not np.isfinite(np.asarray(var.numpy())).all():
+                        bad.append(f"the optimiser state of {names[k] if k < len(names) else k} ({var.name})")
+        return bad
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         bad_losses = {k: float(logs[k]) for k in LOSS_NAMES if k in logs and not math.isfinite(float(logs[k]))}
-        bad_weights = non_finite_weights(self.model)
+        bad_weights = non_finite_weights(self.model) + self._bad_optimizer_state()
         if bad_losses or bad_weights:
             what = ", ".join(f"{k} = {v}" for k, v in bad_losses.items()) or "the loss was finite"
             weights = f"; {', '.join(bad_weights)} hold NaN/Inf" if bad_weights else ""
             raise TrainingDivergedError(
                 f"training diverged in epoch {epoch + 1}: {what}{weights}. Stopped without saving that "
-                "epoch; lower the learning rates (--lr) or check the features for extreme values"
+                "epoch; lower the learning rates (--lr) or the penalties (--regs), or check the features for "
+                "extreme values"
+            )
+        before, self._before = self._before, None
+        if before and all(np.array_equal(before[name], value) for name, value in self._weights().items()):
+            raise TrainingDivergedError(
+                f"training stalled in epoch {epoch + 1}: no weight ({', '.join(before)}) changed in the whole "
+                "epoch. Stopped without saving that epoch; check the learning rates (--lr) and penalties (--regs)"
             )
 
 

@@ -9,8 +9,10 @@ docs/errors.md); a NaN/Inf loss stops training and keeps the last good checkpoin
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --weight_dir from its 'last' checkpoint (weights, Adagrad state, "
                         "epoch, random state); starts from epoch 0 if there is none yet")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --weight_dir that holds another run: the old contents are first moved "
+                        "aside to a timestamped sibling directory (nothing is deleted)")
     t.add_argument("--save_every", type=non_negative_int, default=1,
                    help="also write the 'last' checkpoint every N epochs between evaluations, to resume "
                         "from (0: only when evaluating; default 1)")
@@ -181,8 +186,45 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
+def _train_actions() -> dict:
+    """The ``train`` sub-command's flags by destination (to check stored values like typed ones)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices["train"]._actions}
+
+
+def _as_flag_text(value) -> str:
+    """A value as it would be typed on the command line (lists as ``[a,b,c]``)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(repr(v) if isinstance(v, float) else str(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _stored_flag(action, value, where):
+    """``value`` recorded for ``action``'s flag, parsed and checked exactly as if it had been typed."""
+    flag = action.option_strings[0] if action.option_strings else action.dest
+    if value is None and action.default is None:
+        return None
+    if isinstance(value, (dict, type(None))) or (isinstance(value, (list, tuple)) and len(value) > 16):
+        raise AmrError(f"{where}: the stored {flag} {value!r} is not a valid value; the checkpoint is corrupt")
+    try:
+        parsed = action.type(_as_flag_text(value)) if action.type else _as_flag_text(value)
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+        raise AmrError(f"{where}: the stored {flag} {value!r} is invalid: {exc}") from None
+    if action.choices is not None and parsed not in action.choices:
+        raise AmrError(f"{where}: the stored {flag} {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return parsed
+
+
 def _resume_args(args, manifest: dict, where: Path):
-    """``args`` with the training configuration recorded in the checkpoint ``manifest``."""
+    """``args`` with the training configuration recorded in the checkpoint ``manifest``.
+
+    Every stored value goes through the same parser (type, range, choices) as the command line,
+    and then through the same size checks (``_check_sizes``); a stored ``logdir`` outside the run's
+    directory is honoured only when given again explicitly.
+    """
     stored = manifest.get("args")
     if not isinstance(stored, dict):
         raise AmrError(f"{where}: the checkpoint records no training configuration ('args'); "
@@ -190,21 +232,53 @@ def _resume_args(args, manifest: dict, where: Path):
     epoch = manifest.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise AmrError(f"{where}: the checkpoint's epoch counter is {epoch!r}; expected a non-negative integer")
+    if epoch > MAX_EPOCHS:
+        raise AmrError(f"{where}: the checkpoint's epoch counter {epoch} is more than {MAX_EPOCHS}; it is corrupt")
     explicit = getattr(args, "_explicit", set())
+    actions = _train_actions()
     conflicts = []
     for key in RESUME_FIXED + RESUME_INHERITED:
         if key not in stored:
             continue
+        value = _stored_flag(actions[key], stored[key], where)
         if key in explicit:
-            if key in RESUME_FIXED and _plain(getattr(args, key)) != _plain(stored[key]):
+            if key in RESUME_FIXED and _plain(getattr(args, key)) != _plain(value):
                 conflicts.append(f"--{key} {getattr(args, key)} (the run used {stored[key]})")
             continue
-        value = stored[key]
-        setattr(args, key, tuple(value) if isinstance(value, list) else value)
+        if key == "logdir" and value is not None and not _inside(Path(value), Path(args.weight_dir)):
+            raise AmrError(f"{where}: the run logged to {value}, outside {args.weight_dir}; give --logdir {value} "
+                           "again to continue logging there (a checkpoint cannot choose where to write)")
+        setattr(args, key, value)
     if conflicts:
         raise AmrError(f"--resume: {', '.join(conflicts)}; a resumed run keeps its configuration "
                        "(start a new --weight_dir to change it)")
     return args, epoch
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` (relative paths taken as given, like the flags) lies inside ``directory``."""
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+MAX_EPOCHS = 1_000_000  # the original ran 2000
+MAX_BATCH_SIZE = 2**31 - 1  # TensorFlow's int32 dimension limit
+
+
+def _check_sizes(args, ds) -> None:
+    """Sizes from the command line or a resumed run's record, checked before anything is allocated."""
+    from amr_tf.checkpoints import check_model_fits
+
+    if args.epoch > MAX_EPOCHS:
+        raise AmrError(f"--epoch {args.epoch} is more than {MAX_EPOCHS}")
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise AmrError(f"--batch_size {args.batch_size} is more than {MAX_BATCH_SIZE} (a batch may hold at most "
+                       f"the {len(ds.train_pairs)} training pairs anyway)")
+    if args.model != "POP":
+        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.emb1_K, "--emb1_K", AmrError)
 
 
 # Taken from a --pretrained checkpoint's manifest unless given: fine-tuning continues that run.
@@ -218,25 +292,29 @@ def _pretrained_args(args) -> list[str]:
     if not args.pretrained or str(args.pretrained).endswith(".npy"):
         return []
     config = read_manifest(args.pretrained).get("config") or {}
-    explicit, adopted = getattr(args, "_explicit", set()), []
+    explicit, adopted, actions = getattr(args, "_explicit", set()), [], _train_actions()
     for flag, key in PRETRAINED_INHERITED.items():
         if flag in explicit or key not in config:
             continue
-        value = tuple(config[key]) if isinstance(config[key], list) else config[key]
-        if flag == "lr" and len(value) != 3:  # an MF-BPR checkpoint has two rates
+        if flag == "lr" and isinstance(config[key], list) and len(config[key]) == 2:  # MF-BPR has two rates
             continue
+        value = _stored_flag(actions[flag], config[key], args.pretrained)  # checked as if typed
         setattr(args, flag, value)
         adopted.append(f"--{flag} {list(value) if isinstance(value, tuple) else value}")
     return adopted
 
 
 def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, epochs_done, resumed_from,
-                   seconds) -> None:
+                   seconds, previous=(), complete=True) -> None:
+    """Write ``metrics.json``: the whole evaluation history (``previous``, from the runs this one
+    resumes, then this process's), also while training (``"complete": false``) so that a kill
+    loses none of it."""
     from amr_tf.checkpoints import provenance
     from amr_tf.io import atomic_write_text
 
     best = evaluator.best if math.isfinite(evaluator.best) else None
     summary = {
+        "complete": complete,
         "model": name,
         "dataset": ds.record(),
         "epochs": epochs_done,
@@ -245,7 +323,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
         "final": final,
         "best_epoch": evaluator.best_epoch,
         "best_NDCG@10": best,
-        "evaluations": evaluator.history,
+        "evaluations": list(previous) + list(evaluator.history),
         "seed": args.seed,
         "command": command,
         "config": _config(args),
@@ -264,6 +342,12 @@ def cmd_train(args) -> int:
     from amr_tf.io import directory_lock
     from amr_tf.training import build_model, set_seed
 
+    if args.resume and args.overwrite:
+        raise AmrError("--resume continues the run in --weight_dir and --overwrite moves it aside; give one of them")
+    for flag in ("weight_dir", "logdir"):
+        value = getattr(args, flag)
+        if value and (Path(value).exists() or Path(value).is_symlink()) and not Path(value).is_dir():
+            raise AmrError(f"{value}: --{flag} is not a directory (a file is in the way)")
     resume, initial_epoch = None, 0
     if args.resume:
         if not args.weight_dir:
@@ -281,6 +365,7 @@ def cmd_train(args) -> int:
     set_seed(args.seed)
     ds = _dataset(args)
     print(ds.summary())
+    _check_sizes(args, ds)
     name = args.model
     if name == "AMR" and not args.adv:
         name = "VBPR"  # the original's --adv False trains plain VBPR
@@ -293,14 +378,75 @@ def cmd_train(args) -> int:
     weight_dir = Path(args.weight_dir or f"runs/{ds.name}-{name.lower()}-{stamp}")
     try:
         with directory_lock(weight_dir):
-            return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
+            occupied = _foreign_entries(weight_dir, resume, args.resume)
+            if not occupied:
+                return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
+            if not args.overwrite:
+                shown = ", ".join(occupied[:5]) + (", ..." if len(occupied) > 5 else "")
+                raise AmrError(
+                    f"{weight_dir}: already holds {'a run' if args.resume else 'files'} ({shown}); "
+                    + ("--resume found no 'last' checkpoint to continue from; " if args.resume else "")
+                    + "pass --resume to continue it, --overwrite to move it aside and start afresh, "
+                      "or choose another --weight_dir"
+                )
+            aside = _move_aside(weight_dir, stamp)
+            print(f"--overwrite: moved the previous contents of {weight_dir} to {aside}")
+            with directory_lock(weight_dir):  # a fresh directory, locked before the old lock is released
+                return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
     except BlockingIOError:
         raise AmrError(f"{weight_dir}: another training process is writing to this directory; wait for it to "
                        "finish or choose another --weight_dir") from None
 
 
+def _foreign_entries(weight_dir: Path, resume, resuming: bool) -> list[str]:
+    """What in ``weight_dir`` a new run would overwrite or mix with (sorted names; empty if nothing).
+
+    Ignored: the lock file and the temporary files of this directory's own writers. When resuming
+    from a ``last`` checkpoint everything there belongs to the run; without one, only a log
+    directory may be there (a run killed before its first checkpoint).
+    """
+    from amr_tf.io import LOCK_NAME, recorded_writer_tags, temp_file_tag
+
+    if resume is not None:
+        return []
+    tags = recorded_writer_tags(weight_dir)
+    allowed = {LOCK_NAME} | ({"logs"} if resuming else set())
+    return sorted(p.name for p in weight_dir.iterdir() if p.name not in allowed and temp_file_tag(p) not in tags)
+
+
+def _move_aside(weight_dir: Path, stamp: str) -> Path:
+    """Rename ``weight_dir`` to an unused timestamped sibling (``NAME.replaced-<time>[-k]``)."""
+    for k in range(1000):
+        aside = weight_dir.with_name(f"{weight_dir.name}.replaced-{stamp}" + (f"-{k}" if k else ""))
+        if not aside.exists() and not aside.is_symlink():
+            weight_dir.rename(aside)
+            return aside
+    raise AmrError(f"{weight_dir}: cannot find a free name to move the old run aside")
+
+
+def _previous_evaluations(weight_dir: Path, initial_epoch: int) -> list[dict]:
+    """The evaluations recorded in ``metrics.json`` by the runs a resumed run continues (up to its epoch)."""
+    from amr_tf.safe_io import read_json
+
+    path = weight_dir / "metrics.json"
+    if not (path.exists() or path.is_symlink()):
+        return []
+    try:
+        history = read_json(path, "run summary").get("evaluations")
+    except (AmrError, AttributeError) as exc:
+        print(f"warning: {exc}; the evaluation history before epoch {initial_epoch} is not carried over",
+              file=sys.stderr)
+        return []
+    if not isinstance(history, list):
+        return []
+    return [e for e in history if isinstance(e, dict) and isinstance(e.get("epoch"), int)
+            and e["epoch"] <= initial_epoch]
+
+
 def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) -> int:
     """The rest of ``cmd_train``, while holding ``weight_dir``'s lock."""
+    import keras
+
     from amr_tf.callbacks import EvaluationCallback
     from amr_tf.checkpoints import checkpoint_exists, load_pretrained, load_weights, read_manifest
     from amr_tf.errors import CheckpointError, TrainingDivergedError
@@ -308,9 +454,10 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     from amr_tf.io import remove_stale_temp_files
     from amr_tf.training import fit
 
-    removed = remove_stale_temp_files(weight_dir)
+    removed = remove_stale_temp_files(weight_dir)  # only files named with a writer tag recorded in the lock
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by an interrupted run in {weight_dir}")
+    previous = []
     if resume is not None:
         last = weight_dir / "last"
         fp = (resume.get("dataset") or {}).get("fingerprint")
@@ -323,6 +470,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
         if resume.get("model") != type(model).__name__:
             raise CheckpointError(f"{last}: holds a {resume.get('model')} model, not {type(model).__name__}")
         load_weights(model, last, resume)  # weights, Adagrad accumulators and counters, random state
+        previous = _previous_evaluations(weight_dir, initial_epoch)
         print(f"resuming {weight_dir} from epoch {initial_epoch}")
     elif args.pretrained:
         load_pretrained(model, args.pretrained)
@@ -344,9 +492,19 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
             print(f"warning: {exc}; the best checkpoint will be chosen afresh", file=sys.stderr)
     epochs = max(args.epoch, initial_epoch)
     started = time.perf_counter()
+    resumed_from = initial_epoch if resume is not None else None
+    written = [len(evaluator.history)]
+
+    def progress(epoch, logs=None):  # metrics.json after each new evaluation: a kill loses no history
+        if len(evaluator.history) != written[0]:
+            written[0] = len(evaluator.history)
+            _write_summary(weight_dir, ds, args, name, command, None, evaluator, epoch + 1, resumed_from,
+                           time.perf_counter() - started, previous, complete=False)
+
     if initial_epoch < args.epoch:
         try:
-            fit(model, ds, epochs=args.epoch, batch_size=args.batch_size, seed=args.seed, callbacks=[evaluator],
+            fit(model, ds, epochs=args.epoch, batch_size=args.batch_size, seed=args.seed,
+                callbacks=[evaluator, keras.callbacks.LambdaCallback(on_epoch_end=progress)],
                 verbose=0 if args.quiet else "auto", exclude_cold_start=args.cold_start_rule,
                 initial_epoch=initial_epoch)
         except TrainingDivergedError as exc:
@@ -363,8 +521,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
         final = {k: v for k, v in evaluator.history[-1].items() if k != "epoch"}
     else:  # a resumed run that was already complete
         final = evaluate(model, ds, protocol=args.protocol)
-    _write_summary(weight_dir, ds, args, name, command, final, evaluator, epochs,
-                   initial_epoch if resume is not None else None, seconds)
+    _write_summary(weight_dir, ds, args, name, command, final, evaluator, epochs, resumed_from, seconds, previous)
     print(f"\ntrained {epochs - initial_epoch} epochs in {seconds:.1f} s; checkpoints in {weight_dir}, "
           f"TensorBoard: tensorboard --logdir {logdir}")
     print_table({f"{name} (epoch {epochs})": final})
@@ -432,7 +589,32 @@ def _explicit_dests(argv) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
+# Exit statuses (docs/errors.md): argparse also exits with 2 on a malformed command line.
+EXIT_INPUT = 2  # a problem with the input you can fix: AmrError (bad file, flag, checkpoint; divergence)
+EXIT_SOFTWARE = 70  # TensorFlow failed in a way no check foresaw
+EXIT_RESOURCES = 71  # out of memory (MemoryError, TensorFlow's ResourceExhaustedError)
+EXIT_IO = 74  # the operating system refused a read or write (disk full, read-only, not a directory...)
+EXIT_INTERRUPTED = 130
+
+
+def _one_line(text) -> str:
+    """``text`` on one line (library messages, h5py's in particular, can span several)."""
+    return " ".join(str(text).split())
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``path: reason`` for an OSError, with what it means for the files already written."""
+    reason = _one_line(exc.strerror) if exc.strerror and "\n" not in exc.strerror else (
+        os.strerror(exc.errno) if exc.errno else _one_line(exc))
+    where = exc.filename if exc.filename is not None else None
+    text = f"{where}: {reason}" if where is not None else _one_line(exc) if not exc.errno else reason
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        text += " (nothing was half-written: the files written before are complete and kept)"
+    return text
+
+
 def main(argv=None) -> int:
+    """Run one sub-command; every failure is one ``error:`` line on stderr and a documented exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -441,8 +623,23 @@ def main(argv=None) -> int:
     try:
         return args.handler(args)
     except AmrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        status, message = EXIT_INPUT, _one_line(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        status, message = EXIT_RESOURCES, "out of memory; use smaller sizes (--emb1_K, --batch_size) or a larger machine"
+    except OSError as exc:
+        status, message = EXIT_IO, _os_error_message(exc)
+    except Exception as exc:  # TensorFlow's own errors, only if TensorFlow was imported at all
+        tf = sys.modules.get("tensorflow")
+        errors = getattr(tf, "errors", None)
+        if errors is None or not isinstance(exc, errors.OpError):
+            raise  # a bug: the traceback is what a report needs
+        first = _one_line(str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else exc)
+        if isinstance(exc, errors.ResourceExhaustedError):
+            status, message = EXIT_RESOURCES, f"TensorFlow ran out of memory ({first[:300]}); use smaller sizes"
+        else:
+            status, message = EXIT_SOFTWARE, f"TensorFlow failed: {type(exc).__name__}: {first[:300]}"
+    print(f"error: {message}", file=sys.stderr)
+    return status

@@ -2,8 +2,10 @@
 
 A reader therefore sees either the old complete file or the new complete file, never a
 half-written one, even if the writer is killed (``SIGKILL``, power loss after the fsync).
-Temporary files are named ``.<target>.<8 random chars>.tmp[<suffix>]``: hidden, and recognisable
-by ``remove_stale_temp_files``, which deletes the ones a killed process left behind.
+Temporary files are named ``.<target>.<writer tag>.<8 random chars>.tmp[<suffix>]``: hidden, and
+carrying this process's random ``WRITER_TAG``. A process that holds a directory's lock records its
+tag in the lock file, so ``remove_stale_temp_files`` can later delete exactly the temporary files
+that a killed writer of that directory left behind, and nothing that merely looks like one.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
+import stat
 import tempfile
 from pathlib import Path
 
-# What ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp<suffix>")`` produces (8 chars of [a-z0-9_]).
-TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\..+)?$")
+# This process's mark on its temporary files (recorded in a directory's lock file while it holds it).
+WRITER_TAG = secrets.token_hex(4)
+# What ``tempfile.mkstemp(prefix=".<name>.<tag>.", suffix=".tmp<suffix>")`` produces (8 chars of [a-z0-9_]).
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<tag>[0-9a-f]{8})\.[a-z0-9_]{8}\.tmp(?P<suffix>\..+)?$")
+MAX_LOCK_BYTES = 1 << 20  # the lock file's record of writer tags (9 bytes per training process)
 
 
 @contextlib.contextmanager
@@ -28,7 +35,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{WRITER_TAG}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private (0600); the result should not be
     try:
@@ -69,22 +76,31 @@ def atomic_write_npy(path: str | os.PathLike, array, allow_pickle: bool = False)
 
 
 def is_temp_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is named like one of ``atomic_path``'s temporary files."""
+    """Whether ``path`` is named like one of ``atomic_path``'s temporary files (of any writer)."""
     return TEMP_NAME.match(Path(path).name) is not None
 
 
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted writer left in ``directory`` (not recursive).
+def temp_file_tag(path: str | os.PathLike) -> str | None:
+    """The writer tag in a temporary file's name, or ``None`` for any other name."""
+    match = TEMP_NAME.match(Path(path).name)
+    return match["tag"] if match else None
 
-    Only call this where no other process is writing (a run's own checkpoint directory at
-    start-up): a live writer's temporary file would be removed under it. Returns what was removed.
+
+def remove_stale_temp_files(directory: str | os.PathLike, tags=None) -> list[Path]:
+    """Delete the temporary files that writers of ``directory`` left behind (not recursive).
+
+    Only files whose name carries one of ``tags`` are touched (default: the tags recorded in the
+    directory's lock file by the processes that held it, see ``directory_lock``), so a file that
+    merely looks like a temporary file, or one of another program, is never deleted. Only call this
+    while holding the directory's lock. Returns what was removed.
     """
     directory = Path(directory)
     removed = []
     if not directory.is_dir():
         return removed
+    tags = set(recorded_writer_tags(directory) if tags is None else tags)
     for entry in sorted(directory.iterdir()):
-        if is_temp_file(entry) and entry.is_file() and not entry.is_symlink():
+        if temp_file_tag(entry) in tags and entry.is_file() and not entry.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
                 removed.append(entry)
@@ -120,7 +136,9 @@ def directory_lock(directory: str | os.PathLike):
 
     Raises ``BlockingIOError`` at once if another process holds it. The operating system releases
     the lock when the holder exits, however it exits (``SIGKILL`` included), so a stale lock file
-    never blocks anything. Where ``fcntl`` is unavailable (Windows) this does nothing.
+    never blocks anything. Once locked, this process's ``WRITER_TAG`` is appended to the lock file:
+    the record of who may have left temporary files here. Where ``fcntl`` is unavailable
+    (Windows) this does nothing.
     """
     try:
         import fcntl
@@ -129,15 +147,37 @@ def directory_lock(directory: str | os.PathLike):
         return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(directory / LOCK_NAME, flags, 0o666 & ~UMASK)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{directory / LOCK_NAME} is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
+            if os.fstat(fd).st_size < MAX_LOCK_BYTES:
+                os.lseek(fd, 0, os.SEEK_END)
+                os.write(fd, f"{WRITER_TAG}\n".encode("ascii"))
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def recorded_writer_tags(directory: str | os.PathLike) -> set[str]:
+    """The writer tags recorded in ``directory``'s lock file (empty if there is none or it is odd)."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return set()
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return set()
+        text = os.read(fd, MAX_LOCK_BYTES).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    return {line for line in text.split() if re.fullmatch(r"[0-9a-f]{8}", line)}
 
 
 def read_npy_header(fh):

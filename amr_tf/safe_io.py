@@ -148,9 +148,9 @@ def read_json(path, what: str = "JSON file", error=AmrError, limit: int = MAX_JS
 def available_memory() -> int:
     """Bytes of memory this process can still allocate (``MemAvailable``; physical memory elsewhere)."""
     with contextlib.suppress(OSError, ValueError):
-        with open("/proc/meminfo", encoding="ascii") as fh:
+        with open("/proc/meminfo", "rb") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(b"MemAvailable:"):
                     return int(line.split()[1]) * 1024
     with contextlib.suppress(ValueError, OSError, AttributeError):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -361,6 +361,18 @@ def read_pickled_npy(path, what: str = "weights file", error=AmrError, max_items
     return obj.array
 
 
+def write_pickled_npy(path, arrays: np.ndarray) -> None:
+    """Write an object array of plain arrays as a ``.npy`` (the original release's format), atomically.
+
+    The writing counterpart of ``read_pickled_npy``, kept here so that every pickle is in one module.
+    """
+    from amr_tf.io import atomic_write_npy
+
+    if arrays.dtype != np.dtype(object) or any(np.asarray(a).dtype.kind not in _PLAIN_KINDS for a in arrays):
+        raise TypeError("write_pickled_npy writes an object array of numeric arrays only")
+    atomic_write_npy(path, arrays, allow_pickle=True)
+
+
 # ---------------------------------------------------------------------------- HDF5
 
 
@@ -461,9 +473,24 @@ def read_hdf5_attribute(f, name: str, where, error=AmrError, limit: int = MAX_JS
     return value
 
 
-def write_hdf5_attribute(path, name: str, text: str) -> None:
-    """Store ``text`` as root attribute ``name`` of the HDF5 file ``path`` this process just wrote."""
+def write_hdf5_attribute(tmp, name: str, text: str) -> None:
+    """Store ``text`` as root attribute ``name`` of the temporary HDF5 file ``tmp`` this process just wrote."""
     import h5py
 
-    with h5py.File(path, "a") as f:
+    with h5py.File(tmp, "a") as f:
         f.attrs[name] = text
+
+
+def release_space(tmp) -> None:
+    """Truncate the temporary file ``tmp`` to nothing (a failed write: its space goes back to the disk).
+
+    Through a descriptor of our own, not HDF5's: a handle left open by a writer that failed stays
+    valid and can then close (flush) cleanly instead of failing again on a full disk.
+    """
+    with contextlib.suppress(OSError):
+        fd = os.open(tmp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)

@@ -26,7 +26,16 @@ from amr_tf.checkpoints import MANIFEST_ATTR, load_checkpoint, read_manifest, sa
 from amr_tf.cli import main
 from amr_tf.data import resolve_dataset
 from amr_tf.errors import CheckpointError, TrainingDivergedError
-from amr_tf.io import LOCK_NAME, atomic_path, atomic_write_text, directory_lock, is_temp_file, remove_stale_temp_files
+from amr_tf.io import (
+    LOCK_NAME,
+    WRITER_TAG,
+    atomic_path,
+    atomic_write_text,
+    directory_lock,
+    is_temp_file,
+    recorded_writer_tags,
+    remove_stale_temp_files,
+)
 from amr_tf.training import build_model, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,13 +91,19 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
 
 
 def test_stale_temp_files_are_recognised_and_removed(tmp_path):
-    stale = [tmp_path / ".last.weights.h5.ab_c12x9.tmp.weights.h5", tmp_path / ".metrics.json.k2j4h5g6.tmp"]
-    keep = [tmp_path / ".hidden", tmp_path / "last.weights.h5", tmp_path / ".x.tmp"]
+    """Only temporary files carrying a writer tag recorded in the directory's lock are removed:
+    a look-alike from another writer (or another program) is kept (issue 14)."""
+    with directory_lock(tmp_path):
+        pass  # records this process's tag in the lock file, as a training process does
+    ours, theirs = WRITER_TAG, "0123abcd" if WRITER_TAG != "0123abcd" else "4567cdef"
+    stale = [tmp_path / f".last.weights.h5.{ours}.ab_c12x9.tmp.weights.h5", tmp_path / f".metrics.json.{ours}.k2j4h5g6.tmp"]
+    lookalike = [tmp_path / f".last.weights.h5.{theirs}.ab_c12x9.tmp.weights.h5", tmp_path / ".metrics.json.k2j4h5g6.tmp"]
+    keep = [tmp_path / ".hidden", tmp_path / "last.weights.h5", tmp_path / ".x.tmp"] + lookalike
     for p in stale + keep:
         p.write_text("x")
-    assert all(is_temp_file(p) for p in stale) and not any(is_temp_file(p) for p in keep)
+    assert all(is_temp_file(p) for p in stale) and not any(is_temp_file(p) for p in keep[:3])
     assert remove_stale_temp_files(tmp_path) == sorted(stale)
-    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert sorted(p for p in tmp_path.iterdir() if p.name != LOCK_NAME) == sorted(keep)
 
 
 def test_manifest_inside_the_weights_wins_over_a_stale_json(tmp_path, small_ds):
@@ -112,7 +127,9 @@ def test_all_writers_go_through_amr_tf_io():
     """Our modules write files only into atomic_path's temporary file or an in-memory buffer that
     amr_tf.io then writes atomically."""
     offenders = []
-    for name in ("checkpoints.py", "cli.py", "callbacks.py", "training.py", "data/dataset.py"):
+    names = ["cli.py", "callbacks.py", "training.py", "data/dataset.py", "safe_io.py"]
+    names += [f"checkpoints/{p.name}" for p in sorted((ROOT / "amr_tf" / "checkpoints").glob("*.py"))]
+    for name in names:
         for n, line in enumerate((ROOT / "amr_tf" / name).read_text().splitlines(), 1):
             if WRITES.search(line) and not re.search(r"\b(tmp|buf)\b", line):
                 offenders.append(f"amr_tf/{name}:{n}: {line.strip()}")
@@ -190,7 +207,10 @@ def runs(tmp_path_factory, run_flags):
     with contextlib.redirect_stdout(io.StringIO()) as buf:
         assert main(run_flags + ["--epoch", "5", "--weight_dir", str(root / "r"), "--resume"]) == 0
     out["fresh"] = buf.getvalue()
-    (root / "r" / ".last.weights.h5.zzzz9999.tmp.weights.h5").write_bytes(b"half a checkpoint")
+    # A temporary file of a recorded writer of the run (as a kill leaves it), and a look-alike that is not.
+    (tag,) = recorded_writer_tags(root / "r")
+    (root / "r" / f".last.weights.h5.{tag}.zzzz9999.tmp.weights.h5").write_bytes(b"half a checkpoint")
+    (root / "r" / ".last.weights.h5.0000aaaa.zzzz9999.tmp.weights.h5").write_bytes(b"not ours")
     with contextlib.redirect_stdout(io.StringIO()) as buf:
         assert main(run_flags + ["--weight_dir", str(root / "r"), "--resume"]) == 0
     out["resumed"] = buf.getvalue()
@@ -215,8 +235,13 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(runs):
     assert r["resumed_from_epoch"] == 5 and a["resumed_from_epoch"] is None
     assert a["final"] == r["final"]
     # (best_epoch may differ here: stopping with --epoch 5 evaluated epoch 5, which run a never did.)
-    assert [e for e in a["evaluations"] if e["epoch"] > 5] == r["evaluations"]
-    assert not any(is_temp_file(p) for p in (runs / "r").iterdir())  # the stale temp file was removed
+    # metrics.json keeps the whole history across the resume (issue 14): the first part's evaluations
+    # (0, 4 and its final epoch 5), then the resumed part's, equal to the uninterrupted run's.
+    assert [e["epoch"] for e in r["evaluations"]] == [0, 4, 5, 8, 12]
+    assert [e for e in r["evaluations"] if e["epoch"] != 5] == a["evaluations"]
+    assert r["complete"] is True
+    # The stale temp file of the run's own writer was removed, the look-alike kept.
+    assert [p.name for p in (runs / "r").iterdir() if is_temp_file(p)] == [".last.weights.h5.0000aaaa.zzzz9999.tmp.weights.h5"]
 
 
 def test_metrics_json_records_provenance(runs, small_ds, data_dir):
@@ -261,6 +286,7 @@ def test_resume_keeps_the_configuration_and_the_dataset(runs, tmp_path, capsys, 
     # Already complete: nothing to train, the summary is rewritten.
     assert main(["train", "--weight_dir", str(run), "--resume", "--quiet"]) == 0
     assert f"already trained for {EPOCHS} epochs" in capsys.readouterr().out
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["evaluations"]] == [0, 4, 5, 8, 12]
 
 
 def test_a_second_process_cannot_train_into_the_same_directory(tmp_path, COMMON, capsys):

@@ -13,8 +13,7 @@ import numpy as np
 
 from amr_tf.checkpoints.project import assign_finite
 from amr_tf.errors import CheckpointError
-from amr_tf.io import atomic_write_npy
-from amr_tf.safe_io import read_pickled_npy
+from amr_tf.safe_io import read_pickled_npy, write_pickled_npy
 
 
 def read_original_npy(path) -> list[np.ndarray]:
@@ -53,4 +52,4 @@ def export_original_npy(model, path) -> None:
     arrays = np.empty(len(model.parameter_names), dtype=object)
     for k, name in enumerate(model.parameter_names):
         arrays[k] = getattr(model, name).numpy()
-    atomic_write_npy(path, arrays, allow_pickle=True)
+    write_pickled_npy(path, arrays)

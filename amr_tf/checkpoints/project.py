@@ -14,7 +14,10 @@ model it describes is built.
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -26,6 +29,7 @@ from amr_tf.errors import CheckpointError
 from amr_tf.io import atomic_path, atomic_write_text
 from amr_tf.safe_io import (
     check_allocation,
+    release_space,
     open_hdf5,
     parse_json,
     read_hdf5_attribute,
@@ -131,11 +135,42 @@ def save_checkpoint(model, path, dataset=None, **extra) -> Path:
     if states:
         manifest["seed_generators"] = states
     text = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    _check_free_space(weights_path, model, len(text))
+    failed = None
     with atomic_path(weights_path, suffix=".weights.h5") as tmp:
-        model.save_weights(str(tmp))
-        write_hdf5_attribute(tmp, MANIFEST_ATTR, text)
+        try:
+            model.save_weights(str(tmp))
+            write_hdf5_attribute(tmp, MANIFEST_ATTR, text)
+        except OSError as exc:  # disk full, quota, I/O error: h5py's message spans lines, names the temp file
+            failed = exc.errno or errno.EIO
+            release_space(tmp)
+        if failed is not None:
+            # Keras leaves its HDF5 file open when writing fails; it is closed when collected, which
+            # must happen now, while the disk has room for its last flush (at exit it crashed).
+            gc.collect()
+            raise OSError(failed, os.strerror(failed), str(weights_path))
     atomic_write_text(manifest_path, text + "\n")
     return weights_path
+
+
+def _check_free_space(weights_path: Path, model, manifest_bytes: int) -> None:
+    """Raise ``OSError(ENOSPC)`` before writing when the file system cannot hold the checkpoint.
+
+    The estimate is the weights and optimiser state plus HDF5's overhead, twice (the old
+    checkpoint stays until the new one is complete) for the weights and once for the manifest.
+    """
+    try:
+        st = os.statvfs(weights_path.parent if weights_path.parent.exists() else ".")
+    except (OSError, AttributeError):
+        return
+    need = sum(int(np.prod(v.shape)) * 4 for v in model.variables)
+    for opt in getattr(model, "optimizers_by_param", None) or []:
+        need += sum(int(np.prod(v.shape)) * 8 for v in opt.variables)
+    need += 2 * manifest_bytes + (256 << 10)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: a checkpoint needs about {need} bytes, "
+                                    f"{free} are free", str(weights_path))
 
 
 def _json_default(obj):
