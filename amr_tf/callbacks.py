@@ -38,23 +38,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._before = self._weights()
 
     def _bad_optimizer_state(self) -> list[str]:
-        bad = []
+        """Names of the matrices whose optimiser holds a NaN/Inf variable (an Adagrad accumulator)."""
         names = getattr(self.model, "parameter_names", ())
         optimizers = getattr(self.model, "optimizers_by_param", None) or []
-        for k, opt in enumerate(optimizers):
-            for var in opt.variables:
-                if "float" in str(var.dtype):
-                    if not np.isfinite(np.asarray(var.numpy())).all():
-                        bad.append(f"the optimiser state of {names[k] if k < len(names) else k} ({var.name})")
-        return bad
+        return [names[k] if k < len(names) else str(k) for k, opt in enumerate(optimizers)
+                if any("float" in str(v.dtype) and not np.isfinite(np.asarray(v.numpy())).all() for v in opt.variables)]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         bad_losses = {k: float(logs[k]) for k in LOSS_NAMES if k in logs and not math.isfinite(float(logs[k]))}
-        bad_weights = non_finite_weights(self.model) + self._bad_optimizer_state()
-        if bad_losses or bad_weights:
+        bad_weights, bad_state = non_finite_weights(self.model), self._bad_optimizer_state()
+        if bad_losses or bad_weights or bad_state:
             what = ", ".join(f"{k} = {v}" for k, v in bad_losses.items()) or "the loss was finite"
             weights = f"; {', '.join(bad_weights)} hold NaN/Inf" if bad_weights else ""
+            if bad_state:
+                weights += f"; the optimiser state (Adagrad accumulators) of {', '.join(bad_state)} holds NaN/Inf"
             raise TrainingDivergedError(
                 f"training diverged in epoch {epoch + 1}: {what}{weights}. Stopped without saving that "
                 "epoch; lower the learning rates (--lr) or the penalties (--regs), or check the features for "

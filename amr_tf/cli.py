@@ -539,7 +539,10 @@ def cmd_evaluate(args) -> int:
             raise AmrError("give a checkpoint to evaluate, or --model POP")
         label, model = "POP", build_model("POP", ds)
     elif args.checkpoint.endswith(".npy"):
+        from amr_tf.checkpoints import check_model_fits
+
         label = args.model or "VBPR"
+        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.emb1_K, "--emb1_K", AmrError)
         model = build_model(label, ds, embed_dim=args.emb1_K, compile=False)
         load_original_npy(args.checkpoint, model)
     else:

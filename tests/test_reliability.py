@@ -170,7 +170,9 @@ def test_nan_in_a_later_epoch_never_overwrites_the_checkpoint(tmp_path, tiny_dat
     model = build_model("VBPR", ds, embed_dim=8, seed=0)
     cb = EvaluationCallback(ds, every=5, checkpoint_dir=tmp_path, print_fn=None, save_every=1)
     with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 3: loss = nan, bpr_loss = nan; "
-                                                      r"P, Q, E hold NaN/Inf\. Stopped without saving that epoch"):
+                                                      r"P, Q, E hold NaN/Inf; the optimiser state \(Adagrad "
+                                                      r"accumulators\) of P, Q, E holds NaN/Inf\. Stopped without "
+                                                      r"saving that epoch"):
         fit(model, ds, epochs=5, batch_size=64, verbose=0, callbacks=[PoisonAt(2), cb])
     assert read_manifest(tmp_path / "last")["epoch"] == 2
     back, _ = load_checkpoint(tmp_path / "last", ds)

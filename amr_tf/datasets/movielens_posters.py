@@ -332,12 +332,9 @@ def match_movies(ml100k_titles: Mapping[int, str], ml1m_titles: Mapping[int, str
 def _read_text(path: Path) -> str:
     """Decode a MovieLens text file: UTF-8 when it decodes cleanly, else ISO-8859-1 (the GroupLens
     encoding; copies of ``movies.dat`` circulate in both)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    from amr_tf.safe_io import read_bytes
+
+    data = read_bytes(path, "a MovieLens text file", DataError, missing=f"{path}: file not found")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

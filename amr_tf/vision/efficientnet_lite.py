@@ -171,10 +171,12 @@ def build_feature_extractor(weights: Optional[str] = "imagenet", cache_dir: Opti
 
 
 def _load_weights_file(model, path: str) -> None:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: weights file not found")
+    from amr_tf.safe_io import check_hdf5
+
     if not path.endswith(".weights.h5"):
         raise CheckpointError(f"{path}: expected a Keras '.weights.h5' file")
+    # A regular HDF5 file without links or storage outside it, before Keras opens it by name.
+    check_hdf5(path, "EfficientNet-Lite0 weights file", CheckpointError, missing=f"{path}: weights file not found")
     try:
         model.load_weights(path)
     except Exception as exc:
@@ -182,8 +184,11 @@ def _load_weights_file(model, path: str) -> None:
 
 
 def _load_imagenet(model, cache_dir: Optional[str]) -> None:
+    from amr_tf.safe_io import check_hdf5
+
     path = ensure_imagenet_weights(cache_dir)
     try:
+        check_hdf5(path, "cached EfficientNet-Lite0 weights", CheckpointError)
         model.load_weights(path)
     except Exception as exc:  # a damaged cache: convert again, once
         print(f"amr_tf: cached weights {path} are unreadable ({exc}); converting again", file=sys.stderr)
