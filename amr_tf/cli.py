@@ -340,6 +340,7 @@ def cmd_train(args) -> int:
     from amr_tf.checkpoints import checkpoint_exists, read_manifest
     from amr_tf.evaluation import evaluate
     from amr_tf.io import directory_lock
+    from amr_tf.run_dir import foreign_entries, move_aside
     from amr_tf.training import build_model, set_seed
 
     if args.resume and args.overwrite:
@@ -378,7 +379,7 @@ def cmd_train(args) -> int:
     weight_dir = Path(args.weight_dir or f"runs/{ds.name}-{name.lower()}-{stamp}")
     try:
         with directory_lock(weight_dir):
-            occupied = _foreign_entries(weight_dir, resume, args.resume)
+            occupied = foreign_entries(weight_dir, resume is not None, args.resume)
             if not occupied:
                 return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
             if not args.overwrite:
@@ -389,58 +390,13 @@ def cmd_train(args) -> int:
                     + "pass --resume to continue it, --overwrite to move it aside and start afresh, "
                       "or choose another --weight_dir"
                 )
-            aside = _move_aside(weight_dir, stamp)
+            aside = move_aside(weight_dir, stamp)
             print(f"--overwrite: moved the previous contents of {weight_dir} to {aside}")
             with directory_lock(weight_dir):  # a fresh directory, locked before the old lock is released
                 return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
     except BlockingIOError:
         raise AmrError(f"{weight_dir}: another training process is writing to this directory; wait for it to "
                        "finish or choose another --weight_dir") from None
-
-
-def _foreign_entries(weight_dir: Path, resume, resuming: bool) -> list[str]:
-    """What in ``weight_dir`` a new run would overwrite or mix with (sorted names; empty if nothing).
-
-    Ignored: the lock file and the temporary files of this directory's own writers. When resuming
-    from a ``last`` checkpoint everything there belongs to the run; without one, only a log
-    directory may be there (a run killed before its first checkpoint).
-    """
-    from amr_tf.io import LOCK_NAME, recorded_writer_tags, temp_file_tag
-
-    if resume is not None:
-        return []
-    tags = recorded_writer_tags(weight_dir)
-    allowed = {LOCK_NAME} | ({"logs"} if resuming else set())
-    return sorted(p.name for p in weight_dir.iterdir() if p.name not in allowed and temp_file_tag(p) not in tags)
-
-
-def _move_aside(weight_dir: Path, stamp: str) -> Path:
-    """Rename ``weight_dir`` to an unused timestamped sibling (``NAME.replaced-<time>[-k]``)."""
-    for k in range(1000):
-        aside = weight_dir.with_name(f"{weight_dir.name}.replaced-{stamp}" + (f"-{k}" if k else ""))
-        if not aside.exists() and not aside.is_symlink():
-            weight_dir.rename(aside)
-            return aside
-    raise AmrError(f"{weight_dir}: cannot find a free name to move the old run aside")
-
-
-def _previous_evaluations(weight_dir: Path, initial_epoch: int) -> list[dict]:
-    """The evaluations recorded in ``metrics.json`` by the runs a resumed run continues (up to its epoch)."""
-    from amr_tf.safe_io import read_json
-
-    path = weight_dir / "metrics.json"
-    if not (path.exists() or path.is_symlink()):
-        return []
-    try:
-        history = read_json(path, "run summary").get("evaluations")
-    except (AmrError, AttributeError) as exc:
-        print(f"warning: {exc}; the evaluation history before epoch {initial_epoch} is not carried over",
-              file=sys.stderr)
-        return []
-    if not isinstance(history, list):
-        return []
-    return [e for e in history if isinstance(e, dict) and isinstance(e.get("epoch"), int)
-            and e["epoch"] <= initial_epoch]
 
 
 def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) -> int:
@@ -452,6 +408,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     from amr_tf.errors import CheckpointError, TrainingDivergedError
     from amr_tf.evaluation import evaluate
     from amr_tf.io import remove_stale_temp_files
+    from amr_tf.run_dir import previous_evaluations
     from amr_tf.training import fit
 
     removed = remove_stale_temp_files(weight_dir)  # only files named with a writer tag recorded in the lock
@@ -470,7 +427,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
         if resume.get("model") != type(model).__name__:
             raise CheckpointError(f"{last}: holds a {resume.get('model')} model, not {type(model).__name__}")
         load_weights(model, last, resume)  # weights, Adagrad accumulators and counters, random state
-        previous = _previous_evaluations(weight_dir, initial_epoch)
+        previous = previous_evaluations(weight_dir, initial_epoch)
         print(f"resuming {weight_dir} from epoch {initial_epoch}")
     elif args.pretrained:
         load_pretrained(model, args.pretrained)

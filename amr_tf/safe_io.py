@@ -122,6 +122,11 @@ def read_bytes(path, what: str = "a file", error=AmrError, limit: int | None = N
             raise _fail(error, f"{Path(path)}: cannot read ({exc.strerror or exc})") from None
 
 
+def _article(what: str) -> str:
+    """``what`` with its indefinite article ("a manifest", "an original-release weights file")."""
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
 def _no_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -139,7 +144,7 @@ def parse_json(text: str | bytes, where, what: str = "JSON file", error=AmrError
 
 def read_json(path, what: str = "JSON file", error=AmrError, limit: int = MAX_JSON_BYTES, missing: str | None = None):
     """Parse the JSON file ``path`` (a regular file of at most ``limit`` bytes)."""
-    return parse_json(read_bytes(path, f"a {what}", error, limit, missing), Path(path), what, error)
+    return parse_json(read_bytes(path, _article(what), error, limit, missing), Path(path), what, error)
 
 
 # ---------------------------------------------------------------------------- memory
@@ -327,7 +332,7 @@ def read_pickled_npy(path, what: str = "weights file", error=AmrError, max_items
     twice), so a small file cannot claim large allocations.
     """
     path = Path(path)
-    data = read_bytes(path, f"a {what}", error, MAX_PICKLE_BYTES, missing=f"{path}: {what} not found")
+    data = read_bytes(path, _article(what), error, MAX_PICKLE_BYTES, missing=f"{path}: {what} not found")
     check_allocation(2 * len(data), f"{path}: reading this {len(data)}-byte file", error)
     fh = io.BytesIO(data)
     try:
@@ -414,7 +419,7 @@ def open_hdf5(path, what: str = "weights file", error=AmrError, missing: str | N
     import h5py
 
     path = Path(path)
-    fh = open_regular(path, f"a {what}", error, missing)
+    fh = open_regular(path, _article(what), error, missing)
     with fh:
         try:
             f = h5py.File(fh, "r")
