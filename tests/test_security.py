@@ -431,11 +431,11 @@ def test_training_on_a_full_file_system(tmp_path, data_dir):
     """A tiny tmpfs: training fails with one error line and status 74; then a disk that fills up
     after the first checkpoints keeps them intact (failed before: OSError traceback, then a
     segmentation fault, exit 139)."""
-    with mounted_tmpfs(tmp_path / "tiny", "96k") as tiny:
+    with mounted_tmpfs(tmp_path / "tiny", "16k") as tiny:
         proc, errors = _train_process(["--dataset", str(data_dir), "--epoch", "2", "--weight_dir", str(tiny / "r")] + FLAGS)
         assert proc.returncode == EXIT_IO, proc.stderr[-2000:]
-        assert errors == [f"error: {tiny / 'r' / 'last.weights.h5'}: No space left on device: a checkpoint needs "
-                          f"{errors[0].split('needs ')[1]}"], proc.stderr[-2000:]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"error: {tiny / 'r' / 'last.weights.h5'}: No space left on device"), proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert not [p for p in (tiny / "r").iterdir() if p.name.endswith((".h5", ".json", ".tmp"))]
     with mounted_tmpfs(tmp_path / "fills", "8m") as disk:

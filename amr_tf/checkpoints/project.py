@@ -166,7 +166,7 @@ def _check_free_space(weights_path: Path, model, manifest_bytes: int) -> None:
     need = sum(int(np.prod(v.shape)) * 4 for v in model.variables)
     for opt in getattr(model, "optimizers_by_param", None) or []:
         need += sum(int(np.prod(v.shape)) * 8 for v in opt.variables)
-    need += 2 * manifest_bytes + (256 << 10)
+    need += 2 * manifest_bytes + (64 << 10)
     free = st.f_bavail * st.f_frsize
     if free < need:
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: a checkpoint needs about {need} bytes, "
