@@ -482,7 +482,8 @@ def test_read_only_file_system(tmp_path, data_dir, ds, capsys):
 
         export_original_npy(model, tmp_path / "w.npy")
         assert main(["convert-original", str(tmp_path / "w.npy"), "--out", str(ro / "ck")]) == EXIT_IO
-        assert one_error_line(capsys).startswith(f"error: {ro}")
+        assert one_error_line(capsys) == (f"error: {ro / 'ck.weights.h5'}: Read-only file system (nothing was "
+                                          "half-written: the files written before are complete and kept)")
 
 
 # ---------------------------------------------------------------------------- training that does nothing

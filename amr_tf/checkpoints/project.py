@@ -154,15 +154,21 @@ def save_checkpoint(model, path, dataset=None, **extra) -> Path:
 
 
 def _check_free_space(weights_path: Path, model, manifest_bytes: int) -> None:
-    """Raise ``OSError(ENOSPC)`` before writing when the file system cannot hold the checkpoint.
+    """Raise ``OSError`` (``EROFS``, ``ENOSPC``) before writing when the file system cannot take the checkpoint.
 
-    The estimate is the weights and optimiser state plus HDF5's overhead, twice (the old
-    checkpoint stays until the new one is complete) for the weights and once for the manifest.
+    The estimate: the model's variables, the optimisers' (at 8 bytes per entry, for slack), the
+    manifest twice (inside the weights file and beside it) and 64 KiB of HDF5 overhead. Checking
+    first matters: HDF5 failing half-way through a write left handles that crashed the process.
     """
+    where = weights_path.parent
+    while not where.exists() and where != where.parent:  # atomic_path creates the missing directories
+        where = where.parent
     try:
-        st = os.statvfs(weights_path.parent if weights_path.parent.exists() else ".")
+        st = os.statvfs(where)
     except (OSError, AttributeError):
         return
+    if st.f_flag & getattr(os, "ST_RDONLY", 1):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(weights_path))
     need = sum(int(np.prod(v.shape)) * 4 for v in model.variables)
     for opt in getattr(model, "optimizers_by_param", None) or []:
         need += sum(int(np.prod(v.shape)) * 8 for v in opt.variables)
