@@ -445,7 +445,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     elif checkpoint_exists(weight_dir / "best"):
         try:
             evaluator.restore(read_manifest(weight_dir / "best"))
-        except CheckpointError as exc:
+        except (CheckpointError, TypeError, ValueError) as exc:  # a damaged or crafted 'best' manifest
             print(f"warning: {exc}; the best checkpoint will be chosen afresh", file=sys.stderr)
     epochs = max(args.epoch, initial_epoch)
     started = time.perf_counter()

@@ -541,3 +541,58 @@ def test_resume_checks_stored_arguments_like_typed_ones(tmp_path, finished_run, 
     run = _edit_args(finished_run, tmp_path / "run", **changes)
     assert main(["train", "--weight_dir", str(run), "--resume", "--quiet"]) == EXIT_INPUT
     assert message in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------- exit statuses
+
+
+def _raiser(exc):
+    def handler(args):
+        raise exc
+    return handler
+
+
+@pytest.mark.parametrize("exc, status, line", [
+    (MemoryError(), 71, "error: out of memory; use smaller sizes (--emb1_K, --batch_size) or a larger machine"),
+    (OSError(28, "No space left on device", "runs/x/last.weights.h5"), 74,
+     "error: runs/x/last.weights.h5: No space left on device (nothing was half-written: the files written before "
+     "are complete and kept)"),
+    (OSError(20, "Not a directory\nsecond line"), 74, "error: Not a directory"),
+    ("ResourceExhaustedError", 71, "error: TensorFlow ran out of memory (OOM when allocating tensor with shape "
+                                   "[100000000000,64]); use smaller sizes"),
+    ("InvalidArgumentError", 70, "error: TensorFlow failed: InvalidArgumentError: OOM when allocating tensor with "
+                                 "shape [100000000000,64]"),
+])
+def test_every_failure_is_one_line_with_its_status(monkeypatch, capsys, exc, status, line):
+    import amr_tf.cli as cli
+
+    if isinstance(exc, str):
+        import tensorflow as tf
+
+        exc = getattr(tf.errors, exc)(None, None, "OOM when allocating tensor with shape [100000000000,64]\n more")
+    monkeypatch.setattr(cli, "cmd_evaluate", _raiser(exc))
+    assert main(["evaluate", "--model", "POP"]) == status
+    assert one_error_line(capsys) == line
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    import amr_tf.cli as cli
+
+    monkeypatch.setattr(cli, "cmd_evaluate", _raiser(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        main(["evaluate", "--model", "POP"])
+
+
+def test_a_crafted_best_manifest_is_a_warning_not_a_traceback(tmp_path, finished_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    manifest = json.loads((run / "best.json").read_text())
+    manifest["metrics"]["NDCG@10"] = "not a number"
+    (run / "best.json").write_text(json.dumps(manifest))
+    with h5py.File(run / "best.weights.h5", "a") as f:
+        del f.attrs["amr_tf_manifest"]
+    assert main(["train", "--weight_dir", str(run), "--resume", "--epoch", "2", "--quiet"]) == 0
+    assert "warning: could not convert string to float: 'not a number'; the best checkpoint will be chosen afresh" in (
+        capsys.readouterr().err)
+    summary = json.loads((run / "metrics.json").read_text())
+    assert [e["epoch"] for e in summary["evaluations"]] == [0, 1, 2] and summary["complete"] is True
