@@ -1,0 +1,50 @@
+"""DUIF (Geng, Zhang, Bian and Chua, ICCV 2015) as the AMR paper uses it: ``s_ui = p_u . (c_i E)``.
+
+The item is represented by its projected image feature alone -- VBPR without the item ID
+embedding ``Q`` -- and trained with the same BPR loss, penalties and Adagrad optimisers.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from amr_tf.models.variables import variable_rows
+from amr_tf.models.vbpr import VBPR, project
+
+
+@keras.saving.register_keras_serializable(package="amr_tf")
+class DUIF(VBPR):
+    """Deep user-image features: user embeddings ``P`` and a projection ``E`` of each item's CNN feature.
+
+    Trained parameters are ``P`` and ``E`` (one Adagrad each, ``learning_rates`` two values);
+    ``regs = (r1, r2, r3)`` keep their meaning: ``r2`` penalises the item vector, here ``c_i E``.
+    The base class always creates an item-embedding matrix ``Q``; DUIF sets it to zero, marks it
+    untrainable and never reads it (no optimiser holds it, and no score or loss depends on it), so
+    it is only a placeholder in the weights file.
+    """
+
+    parameter_names = ("P", "E")
+
+    def __init__(self, num_users, num_items, features, embed_dim=64, regs=(0.1, 1e-3, 0.0),
+                 learning_rates=(0.01, 1e-3), **kwargs):
+        super().__init__(num_users, num_items, features, embed_dim=embed_dim, regs=regs,
+                         learning_rates=learning_rates, **kwargs)
+        self.Q.assign(tf.zeros_like(self.Q))
+        self.Q.trainable = False
+
+    def item_vectors(self, features=None):
+        if features is not None:
+            return tf.matmul(tf.convert_to_tensor(features, tf.float32), self.E)
+        return self.visual_vectors()
+
+    def gather_item_vectors(self, items):
+        items = tf.convert_to_tensor(items)
+        flat = tf.reshape(items, [-1])
+        unique, index = tf.unique(flat)
+        visual = tf.gather(tf.matmul(variable_rows(self.features, unique), self.E), index)
+        return tf.reshape(visual, tf.concat([tf.shape(items), [self.embed_dim]], axis=0))
+
+    def batch_item_vectors(self, batch):
+        # ``batch.q_rows`` (rows of the zero Q) is left out: only the visual part, once per distinct item.
+        return tf.gather(project(variable_rows(self.features, batch.unique), self.E), batch.index)
