@@ -38,9 +38,7 @@ def test_one_step_matches_numpy_reference(rng):
     model = make(C, P, E)
     # DUIF is VBPR with Q fixed at zero: the reference step from Q = 0, keeping only P and E.
     zero_q = np.zeros_like(Q)
-    accums = [np.full_like(w, 0.1, dtype=np.float64) for w in (P, zero_q, E)]
-    (P1, _, E1), _, (total, bpr, _) = ref.train_step(P, zero_q, E, C, u, i, j, REGS, (LRS[0], 1.0, LRS[1]),
-                                                       accums=accums)
+    (P1, _, E1), _, (total, bpr, _) = ref.train_step(P, zero_q, E, C, u, i, j, REGS, (LRS[0], 1.0, LRS[1]))
     terms = {k: float(v) for k, v in model.pairwise_losses(u, i, j).items()}
     np.testing.assert_allclose(terms["loss"], total, rtol=1e-5)
     np.testing.assert_allclose(terms["bpr_loss"], bpr, rtol=1e-5)
@@ -80,3 +78,28 @@ def test_learning_rates_need_one_per_trained_matrix(tiny_dataset, lrs):
     ds = tiny_dataset
     with pytest.raises(AmrError, match="learning_rates needs 2 values"):
         DUIF(ds.num_users, ds.num_items, ds.features, learning_rates=lrs)
+
+
+def test_composes_with_the_adversary(rng):
+    """DUIF's scoring under AMR's training (the class the lead wires as adversarial DUIF) is the
+    NumPy reference's AMR step with ``Q = 0``: the adversary applies to DUIF unchanged."""
+    from amr_tf.models import AMR
+
+    class AdversarialDUIF(DUIF, AMR):
+        pass
+
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = AdversarialDUIF(P.shape[0], C.shape[0], C, embed_dim=P.shape[1], regs=REGS, learning_rates=LRS,
+                            eps=0.5, adv_weight=0.7)
+    model.compile()
+    model.P.assign(P)
+    model.E.assign(E)
+    zero_q = np.zeros_like(Q)
+    (P1, _, E1), _, (total, bpr, adv) = ref.train_step(P, zero_q, E, C, u, i, j, REGS, (LRS[0], 1.0, LRS[1]),
+                                                         eps=0.5, lmd=0.7)
+    terms = {k: float(v) for k, v in model.pairwise_losses(u, i, j).items()}
+    np.testing.assert_allclose([terms["loss"], terms["bpr_loss"], terms["adv_loss"]], [total, bpr, adv], rtol=1e-5)
+    assert adv > bpr
+    model.train_on_batch((u, i, j))
+    np.testing.assert_allclose(model.P.numpy(), P1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.E.numpy(), E1, rtol=1e-5, atol=1e-6)

@@ -45,6 +45,17 @@ class DUIF(VBPR):
         visual = tf.gather(tf.matmul(variable_rows(self.features, unique), self.E), index)
         return tf.reshape(visual, tf.concat([tf.shape(items), [self.embed_dim]], axis=0))
 
-    def batch_item_vectors(self, batch):
-        # ``batch.q_rows`` (rows of the zero Q) is left out: only the visual part, once per distinct item.
-        return tf.gather(project(variable_rows(self.features, batch.unique), self.E), batch.index)
+    #: ``s_ui = p_u . (c_i E)`` is linear in the feature row through ``c_i E``, as VBPR's: an adversary
+    #: may use the projected fast path (``Delta_i E`` from the gradient w.r.t. ``c_i E``).
+    visual_projection_is_linear = True
+
+    def item_rows_from_visual(self, batch, visual):
+        """The batch rows' item vectors from the distinct items' visual parts ``c_i E`` (no ``q_i``)."""
+        return tf.gather(visual, batch.index)
+
+    def batch_item_vectors(self, batch, feature_rows=None):
+        # ``batch.q_rows`` (rows of the zero Q) is left out: only the visual part, once per distinct item;
+        # ``feature_rows`` (one per distinct item) replace the stored features, for an adversary.
+        if feature_rows is None:
+            feature_rows = variable_rows(self.features, batch.unique)
+        return self.item_rows_from_visual(batch, project(feature_rows, self.E))
