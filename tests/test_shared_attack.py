@@ -18,12 +18,14 @@ EPS = (0.05, 0.2, 1.0)
 @pytest.fixture(scope="module")
 def attacks(trained):  # noqa: F811
     model, ds = trained
-    return {eps: shared_attack(model, ds, eps, ks=KS, steps=30, restarts=2, target_k=5) for eps in EPS}
+    return {eps: shared_attack(model, ds, eps, ks=KS, steps=30, restarts=2, target_k=5, objectives=("topk", "rank"))
+            for eps in EPS}
 
 
 def test_every_row_respects_the_budget(trained, attacks):  # noqa: F811
     model, ds = trained
     for eps, result in attacks.items():
+        assert [r[2] for r in result.restarts] == ["topk", "rank"]
         norms = np.linalg.norm(result.delta.astype(np.float64), axis=1)
         assert norms.max() <= eps
         assert norms.max() > 0.5 * eps  # it used the budget
@@ -63,7 +65,7 @@ def test_a_given_start_is_kept_when_nothing_beats_it(trained):  # noqa: F811
     result = shared_attack(model, ds, 0.2, ks=KS, steps=1, restarts=0, target_k=5, init=start)
     reference = evaluate(model, ds, ks=KS, features=ds.features + start)
     assert result.metrics["HR@5"] <= reference["HR@5"]
-    assert [r[1] for r in result.restarts] == ["init"]
+    assert [r[0] for r in result.restarts] == ["init"]
 
 
 def test_seeded_and_deterministic(trained):  # noqa: F811
@@ -76,3 +78,13 @@ def test_bad_arguments(tiny_dataset):
     ds = tiny_dataset
     with pytest.raises(AmrError, match="no item features"):
         shared_attack(MFBPR(ds.num_users, ds.num_items, embed_dim=4), ds, 0.1)
+
+
+def test_bad_settings(trained):  # noqa: F811
+    model, ds = trained
+    with pytest.raises(AmrError, match="objectives"):
+        shared_attack(model, ds, 0.1, objectives=("hinge",))
+    with pytest.raises(AmrError, match="temperatures"):
+        shared_attack(model, ds, 0.1, temperatures=(0.0,))
+    with pytest.raises(AmrError, match="eps"):
+        shared_attack(model, ds, -1.0)
