@@ -70,8 +70,12 @@ def test_a_given_start_is_kept_when_nothing_beats_it(trained):  # noqa: F811
 
 def test_seeded_and_deterministic(trained):  # noqa: F811
     model, ds = trained
-    a, b = (shared_attack(model, ds, 0.2, ks=KS, steps=5, restarts=3, target_k=5, seed=4) for _ in range(2))
+    # Four restarts: three zero starts (one per default temperature), then a random start in the ball.
+    a, b, c = (shared_attack(model, ds, 0.2, ks=KS, steps=5, restarts=4, target_k=5, seed=s) for s in (4, 4, 5))
+    assert [r[0] for r in a.restarts] == ["zero", "zero", "zero", "random"]
     np.testing.assert_array_equal(a.delta, b.delta)
+    assert a.restarts[3] == b.restarts[3]
+    assert a.restarts[3] != c.restarts[3] or not np.array_equal(a.delta, c.delta)  # the seed keys the random start
 
 
 def test_bad_arguments(tiny_dataset):
