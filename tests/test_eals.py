@@ -87,7 +87,8 @@ def test_seed_fixes_the_result(rng):
     a, b = (EALS(ds.num_users, ds.num_items, embed_dim=3, seed=7) for _ in range(2))
     a.fit(ds, 2), b.fit(ds, 2)
     np.testing.assert_array_equal(a.P, b.P)
-    assert not np.allclose(EALS(ds.num_users, ds.num_items, embed_dim=3, seed=8).P, EALS(ds.num_users, ds.num_items, embed_dim=3, seed=7).P)
+    other = EALS(ds.num_users, ds.num_items, embed_dim=3, seed=8)
+    assert not np.allclose(other.P, EALS(ds.num_users, ds.num_items, embed_dim=3, seed=7).P)
 
 
 def planted_dataset(seed=0, users=60, items=80, groups=4, per_user=8, negatives=30):
