@@ -103,3 +103,20 @@ def test_composes_with_the_adversary(rng):
     model.train_on_batch((u, i, j))
     np.testing.assert_allclose(model.P.numpy(), P1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.E.numpy(), E1, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_round_trip_holds_p_and_e_only(tiny_dataset, tmp_path):
+    from amr_tf.checkpoints import load_weights, save_checkpoint
+
+    ds = tiny_dataset
+    model = DUIF(ds.num_users, ds.num_items, ds.features, embed_dim=8, learning_rates=(0.05, 0.05), seed=0)
+    model.compile()
+    fit(model, ds, epochs=2, batch_size=64, seed=0, verbose=0)
+    save_checkpoint(model, tmp_path / "duif", ds)
+    fresh = DUIF(ds.num_users, ds.num_items, ds.features, embed_dim=8, learning_rates=(0.05, 0.05), seed=1)
+    fresh.compile()
+    load_weights(fresh, tmp_path / "duif")  # checks the stored shapes against parameter_names (P, E)
+    for name in ("P", "E"):
+        np.testing.assert_array_equal(getattr(fresh, name).numpy(), getattr(model, name).numpy())
+    assert not fresh.Q.numpy().any()
+    assert evaluate(fresh, ds) == evaluate(model, ds)

@@ -20,8 +20,9 @@ class DUIF(VBPR):
     Trained parameters are ``P`` and ``E`` (one Adagrad each, ``learning_rates`` two values);
     ``regs = (r1, r2, r3)`` keep their meaning: ``r2`` penalises the item vector, here ``c_i E``.
     The base class always creates an item-embedding matrix ``Q``; DUIF sets it to zero, marks it
-    untrainable and never reads it (no optimiser holds it, and no score or loss depends on it), so
-    it is only a placeholder in the weights file.
+    untrainable and never reads it (no optimiser holds it, and no score or loss depends on it).
+    It is not saved either: a DUIF weights file holds ``P`` and ``E``, the model's
+    ``parameter_names``, which is what the checkpoint loader's shape check expects.
     """
 
     parameter_names = ("P", "E")
@@ -32,6 +33,19 @@ class DUIF(VBPR):
                          learning_rates=learning_rates, **kwargs)
         self.Q.assign(tf.zeros_like(self.Q))
         self.Q.trainable = False
+
+    def save_own_variables(self, store):
+        """Keras' saving hook: store the trained matrices ``P``, ``E`` only (not the zero placeholder ``Q``)."""
+        for k, var in enumerate(self.parameter_groups()):
+            store[str(k)] = var.numpy()
+
+    def load_own_variables(self, store):
+        """Keras' loading hook, the inverse of :meth:`save_own_variables` (``Q`` stays zero)."""
+        if len(store.keys()) != len(self.parameter_names):
+            raise ValueError(f"DUIF expects {len(self.parameter_names)} stored matrices "
+                             f"({', '.join(self.parameter_names)}), found {len(store.keys())}")
+        for k, var in enumerate(self.parameter_groups()):
+            var.assign(store[str(k)])
 
     def item_vectors(self, features=None):
         if features is not None:
