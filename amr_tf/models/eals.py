@@ -56,6 +56,8 @@ class EALS:
     ``c0`` is the paper's ``w0`` (the total weight of the missing data), ``alpha`` the popularity
     exponent, ``w`` the weight of an observed entry, ``reg`` the paper's ``lambda``. The factors
     start from a normal of stddev ``init_stddev`` drawn from ``numpy.random.default_rng(seed)``.
+    The paper tunes ``w0`` and ``alpha`` per dataset; the defaults here are only a starting point
+    (the project has no validation split to choose them on yet).
     """
 
     def __init__(self, num_users: int, num_items: int, embed_dim: int = 64, c0: float = 1.0, alpha: float = 0.5,
@@ -73,7 +75,6 @@ class EALS:
         self.P = rng.normal(scale=init_stddev, size=(self.num_users, self.embed_dim))
         self.Q = rng.normal(scale=init_stddev, size=(self.num_items, self.embed_dim))
         self.epochs_trained = 0
-        self._data = None  # (dataset fingerprint or id, users, items, c) of the pairs being fitted
 
     # ------------------------------------------------------------------ configuration
 
