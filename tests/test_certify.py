@@ -161,6 +161,20 @@ def test_monotone_in_eps(tiny_dataset, rng):
     assert ranks[-1].sum() > ranks[0].sum()
 
 
+def test_validation_split_covers_its_own_users(tiny_dataset, rng):
+    """A validation split of some users (rows for ``validation_users``) is certified row by row."""
+    ds = tiny_dataset
+    model = vbpr(ds, rng)
+    full = certify(model, ds, 0.1, ks=KS)
+    users = np.arange(1, ds.num_users, 3)
+    ds.validation_users, ds.validation_candidates = users, ds.test_candidates[users]
+    val = certify(model, ds, 0.1, ks=KS, split="validation")
+    np.testing.assert_array_equal(val.users, users)
+    np.testing.assert_array_equal(val.ranks, full.ranks[users])
+    for k in KS:
+        np.testing.assert_allclose(val.radius[k], full.radius[k][users], rtol=1e-5)  # float32 scores
+
+
 def test_bad_arguments(tiny_dataset, rng):
     ds = tiny_dataset
     model = vbpr(ds, rng)

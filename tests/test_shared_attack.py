@@ -1,5 +1,7 @@
 """The shared-perturbation attack: its budget, its place between the certificate and the one-step attack."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,18 @@ def test_bad_arguments(tiny_dataset):
     ds = tiny_dataset
     with pytest.raises(AmrError, match="no item features"):
         shared_attack(MFBPR(ds.num_users, ds.num_items, embed_dim=4), ds, 0.1)
+
+
+def test_validation_split(trained):  # noqa: F811
+    model, ds = trained
+    users = np.arange(0, ds.num_users, 2)
+    val_ds = dataclasses.replace(ds)
+    val_ds.validation_users, val_ds.validation_candidates = users, ds.test_candidates[users]
+    result = shared_attack(model, val_ds, 0.2, ks=KS, steps=10, restarts=1, target_k=5, split="validation")
+    assert len(result.ranks) == len(users)
+    scores = model.user_vectors().numpy()[users] @ model.item_vectors(ds.features + result.delta).numpy().T
+    cand = np.take_along_axis(scores, ds.test_candidates[users], axis=1)
+    np.testing.assert_array_equal(result.ranks, np.sum(cand[:, 1:] >= cand[:, :1], axis=1))
 
 
 def test_bad_settings(trained):  # noqa: F811

@@ -44,21 +44,33 @@ SPLITS = ("test", "validation")
 _SCORE_BLOCK = 1 << 21
 
 
-def split_candidates(dataset, split: str = "test") -> np.ndarray:
-    """The ``(users, 1 + negatives)`` candidate lists of ``split``: the held-out item first."""
+def split_candidates(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """``(users, candidates)`` of ``split``: row k of ``candidates`` (the held-out item first, then
+    its negatives) belongs to user ``users[k]``.
+
+    The test split has one row per user (row u is user u); a validation split may cover only some
+    users (``dataset.validation_users``, with ``dataset.validation_candidates``).
+    """
     if split not in SPLITS:
         raise AmrError(f"split must be one of {SPLITS}, got {split!r}")
-    cands = dataset.test_candidates if split == "test" else getattr(dataset, "validation_candidates", None)
-    if cands is None:
-        raise AmrError(f"dataset {dataset.name!r} has no {split} candidates")
-    cands = np.asarray(cands)
-    if cands.ndim != 2 or cands.shape[1] < 2:
-        raise AmrError(f"{split} candidates must have shape (users, 1 + negatives), got {cands.shape}")
-    return cands
+    if split == "test":
+        cands = np.asarray(dataset.test_candidates)
+        users = np.arange(len(cands))
+    else:
+        cands = getattr(dataset, "validation_candidates", None)
+        if cands is None:
+            raise AmrError(f"dataset {dataset.name!r} has no {split} candidates")
+        cands = np.asarray(cands)
+        users = getattr(dataset, "validation_users", None)
+        users = np.arange(len(cands)) if users is None else np.asarray(users)
+    if cands.ndim != 2 or cands.shape[1] < 2 or users.shape != (len(cands),):
+        raise AmrError(f"{split} candidates must have shape (users, 1 + negatives) with one user each, "
+                       f"got {cands.shape} for {users.shape[0]} users")
+    return users, cands
 
 
-def candidate_scores(model, cands, features=None, chunk_entries: int = _SCORE_BLOCK):
-    """``s(u, cands[u, n])`` for every user row of ``cands`` (users x candidates, float32).
+def candidate_scores(model, users, cands, features=None, chunk_entries: int = _SCORE_BLOCK):
+    """``s(users[k], cands[k, n])`` for every row k (rows x candidates, float32).
 
     Scored as :func:`amr_tf.evaluation.rank_test_items` does when the catalogue is not much larger
     than the candidate lists: one float32 product of a chunk of users with all item vectors
@@ -69,9 +81,9 @@ def candidate_scores(model, cands, features=None, chunk_entries: int = _SCORE_BL
     chunk = max(1, chunk_entries // max(int(item_vecs.shape[0]), 1))
     out = []
     for start in range(0, len(cands), chunk):
-        users = np.arange(start, min(start + chunk, len(cands)))
-        scores = tf.matmul(tf.gather(user_vecs, users), item_vecs, transpose_b=True)
-        out.append(tf.gather(scores, tf.constant(cands[users]), batch_dims=1).numpy())
+        rows = np.arange(start, min(start + chunk, len(cands)))
+        scores = tf.matmul(tf.gather(user_vecs, users[rows]), item_vecs, transpose_b=True)
+        out.append(tf.gather(scores, tf.constant(cands[rows]), batch_dims=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, cands.shape[1]), np.float32)
 
 
@@ -108,10 +120,11 @@ class Certificate:
     """The certified (worst-case) result at one ``eps``: per-user ranks, their metrics, and radii."""
 
     eps: float
-    ranks: np.ndarray  # worst-case 0-based rank of each user's held-out item
+    ranks: np.ndarray  # worst-case 0-based rank of each row's held-out item (row k: user ``users[k]``)
     metrics: dict  # HR@K and NDCG@K at those ranks (amr_tf.evaluation's formulas)
     radius: dict  # K -> per-user certified radius (float64, 0 or inf at the extremes)
     clean_ranks: np.ndarray  # the unperturbed ranks (eps = 0)
+    users: np.ndarray  # the user of each row (all users, in order, for the test split)
 
 
 class Certifier:
@@ -121,10 +134,10 @@ class Certifier:
         self.ks = tuple(int(k) for k in ks)
         if not self.ks or min(self.ks) < 1:
             raise AmrError(f"cut-offs must be positive integers, got {ks}")
-        cands = split_candidates(dataset, split)
-        scores = candidate_scores(model, cands).astype(np.float64)
-        self.margins = scores[:, :1] - scores[:, 1:]  # s(u,t) - s(u,j), users x negatives
-        self.sensitivity = feature_sensitivity(model)[: len(cands)]
+        self.users, cands = split_candidates(dataset, split)
+        scores = candidate_scores(model, self.users, cands).astype(np.float64)
+        self.margins = scores[:, :1] - scores[:, 1:]  # s(u,t) - s(u,j), rows x negatives
+        self.sensitivity = feature_sensitivity(model)[self.users]
         self.clean_ranks = ranks_under_shift(self.margins, np.zeros(len(cands)))
         self.radius = {k: self._radius(k) for k in self.ks}
 
@@ -143,7 +156,7 @@ class Certifier:
         eps = _check_eps(eps)
         ranks = ranks_under_shift(self.margins, 2.0 * eps * self.sensitivity)
         return Certificate(eps=eps, ranks=ranks, metrics=metrics_from_ranks(ranks, self.ks), radius=self.radius,
-                           clean_ranks=self.clean_ranks)
+                           clean_ranks=self.clean_ranks, users=self.users)
 
 
 def certify(model, dataset, eps, ks=DEFAULT_KS, split: str = "test") -> Certificate:

@@ -81,17 +81,17 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
                        f"restarts={restarts}, target_k={target_k}, temperatures={temperatures}")
     if not objectives or any(o not in OBJECTIVES for o in objectives):
         raise AmrError(f"objectives must be a non-empty selection of {OBJECTIVES}, got {objectives}")
-    cands = split_candidates(dataset, split)
+    rows, cands = split_candidates(dataset, split)
     n_neg = cands.shape[1] - 1
     kk = min(int(target_k), n_neg)
     features = np.asarray(tf.convert_to_tensor(model.features).numpy(), np.float32)
     E = np.asarray(tf.convert_to_tensor(model.E).numpy(), np.float64)
     B, R = np.linalg.qr(E)  # E = B R; B: features x K with orthonormal columns
-    users = np.asarray(tf.convert_to_tensor(model.user_vectors()).numpy(), np.float64)[: len(cands)]
+    users = np.asarray(tf.convert_to_tensor(model.user_vectors()).numpy(), np.float64)[rows]
     a = tf.constant(users @ R.T, tf.float32)  # a_u = R p_u: z_i . a_u is the change of s(u,i)
     sensitivity = np.linalg.norm(users @ R.T, axis=1)  # = ||E p_u||
     budget = tf.constant(np.where(sensitivity > 0, 2.0 * eps * sensitivity, 1.0)[:, None], tf.float32)
-    clean = candidate_scores(model, cands).astype(np.float64)
+    clean = candidate_scores(model, rows, cands).astype(np.float64)
     clean_margins = tf.constant(clean[:, 1:] - clean[:, :1], tf.float32)
     cand_t = tf.constant(cands)
 
@@ -158,6 +158,6 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
     while over.any():
         delta[over] *= np.float32(1.0 - 1e-6)
         over = np.linalg.norm(delta.astype(np.float64), axis=1) > eps
-    scores = candidate_scores(model, cands, features=features + delta).astype(np.float64)
+    scores = candidate_scores(model, rows, cands, features=features + delta).astype(np.float64)
     ranks = np.sum(scores[:, 1:] >= scores[:, :1], axis=1)
     return SharedAttack(eps=eps, delta=delta, ranks=ranks, metrics=metrics_from_ranks(ranks, tuple(ks)), restarts=log)
