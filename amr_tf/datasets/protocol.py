@@ -55,6 +55,7 @@ __all__ = [
     "positive_mask",
     "renumber",
     "sample_negatives",
+    "sorted_codes",
     "split",
     "staging",
     "to_float16",
@@ -149,6 +150,20 @@ def k_core(user, item, min_user: int, min_item: int) -> tuple[np.ndarray, int]:
         if new.sum() == keep.sum():
             return keep, rounds
         keep = new
+
+
+def sorted_codes(names: Sequence[str], codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recode ``codes`` (indices into ``names``, e.g. in order of first appearance) so that code
+    order is the sort order of the names: numeric when every name is a decimal integer (``2`` before
+    ``10``), else by string. Returns the sorted names and the new codes."""
+    names = list(names)
+    if names and all(n.isdecimal() and n.isascii() for n in names):
+        order = np.argsort(np.array([int(n) for n in names], dtype=object), kind="stable")
+    else:
+        order = np.argsort(np.asarray(names, dtype=str), kind="stable")
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    return np.asarray(names, dtype=object)[order], rank[np.asarray(codes, dtype=np.int64)]
 
 
 def renumber(keys) -> tuple[np.ndarray, dict]:
