@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cnn", default=None)
     c.set_defaults(handler=cmd_convert)
 
+    from amr_tf.datasets.cli import add_build_dataset_subcommand  # no TensorFlow at import
+
+    add_build_dataset_subcommand(sub)
     try:
         from amr_tf.vision.features import add_features_subcommand
     except ImportError:
