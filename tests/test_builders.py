@@ -386,3 +386,12 @@ def test_images_are_extracted_once_then_cached(tmp_path, monkeypatch):
     assert read_dir(tmp_path / "a") == read_dir(tmp_path / "b")
     f = np.load(tmp_path / "a" / "f_effnet.npy")
     assert f.shape[1] == 1280 and np.isfinite(f).all() and (f >= 0).all()  # ReLU6 pooled activations
+
+
+def test_fortran_ordered_features_give_the_same_rows(tmp_path):
+    log = write_log(tmp_path / "log.csv", ",")
+    feats, ids = write_features(tmp_path)
+    build_interactions(log, tmp_path / "c", TINY, features=feats, item_ids=ids)
+    np.save(feats, np.asfortranarray(np.load(feats)))
+    build_interactions(log, tmp_path / "f", TINY, features=feats, item_ids=ids)
+    assert (tmp_path / "c" / "f_custom.npy").read_bytes() == (tmp_path / "f" / "f_custom.npy").read_bytes()

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from amr_tf.errors import DataError
-from amr_tf.io import atomic_write_npy, atomic_write_text, read_npy_header, sha256_file
+from amr_tf.io import atomic_path, atomic_write_npy, read_npy_header, sha256_file
 
 
 @dataclasses.dataclass(eq=False)
@@ -458,8 +458,13 @@ def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path, neg_lines) -> None
 # ---------------------------------------------------------------------------- writing
 
 
-def _rows_text(rows) -> str:
-    return "".join(" ".join(map(str, row)) + "\n" for row in np.asarray(rows).tolist())
+def _write_rows(path: Path, rows, block: int = 256) -> None:
+    """Rows of ints as space-separated lines, atomically, a block of rows at a time (a large
+    ``neg.txt`` never exists as one string or one list of Python ints)."""
+    rows = np.asarray(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
+        for start in range(0, len(rows), block):
+            fh.write("".join(" ".join(map(str, row)) + "\n" for row in rows[start:start + block].tolist()))
 
 
 def write_split(path: str | os.PathLike, train_pairs, test_candidates, validation_candidates=None) -> Path:
@@ -470,10 +475,10 @@ def write_split(path: str | os.PathLike, train_pairs, test_candidates, validatio
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "pos.txt", _rows_text(train_pairs))
-    atomic_write_text(root / "neg.txt", _rows_text(test_candidates))
+    _write_rows(root / "pos.txt", train_pairs)
+    _write_rows(root / "neg.txt", test_candidates)
     if validation_candidates is not None:
-        atomic_write_text(root / "val.txt", _rows_text(validation_candidates))
+        _write_rows(root / "val.txt", validation_candidates)
     elif (root / "val.txt").is_file():
         (root / "val.txt").unlink()  # a stale split from an earlier write would be read back
     return root

@@ -10,8 +10,9 @@
     features are 1280-d EfficientNet-Lite0 features (:mod:`amr_tf.vision`), extracted in batches
     with a progress bar and a resumable cache (:func:`amr_tf.vision.feature_cache.extract_cached`);
     only this path imports TensorFlow;
-  - ``features`` + ``item_ids``: an ``.npy`` array (read with ``allow_pickle=False``, memory-mapped)
-    whose row r belongs to the item on line r + 1 of ``item_ids``.
+  - ``features`` + ``item_ids``: an ``.npy`` array (opened with ``np.load(..., allow_pickle=False,
+    mmap_mode="r")``, then only the kept rows read, one at a time) whose row r belongs to the item
+    on line r + 1 of ``item_ids``.
 
 An interaction naming an item without an image or feature row is an error (the first such line
 is named). Then the shared protocol of :mod:`amr_tf.datasets.protocol` applies.
@@ -35,7 +36,7 @@ __all__ = ["DEFAULT_COLUMNS", "IMAGE_SUFFIXES", "build_interactions", "read_inte
 
 DEFAULT_COLUMNS = ("user", "item", "timestamp", "rating")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-_ROWS_PER_BLOCK = 1024
+_ROWS_PER_BLOCK = 256
 
 
 def _delimiter(path: Path) -> str:
@@ -221,10 +222,20 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
         sources = [("interactions", interactions), ("item features", Path(features)), ("item ids", Path(item_ids))]
         feature_note = f"the rows of `{Path(features).name}` named by `{Path(item_ids).name}`"
 
+        row_dtype, row_bytes = table.dtype, table.dtype.itemsize * dim
+        offset, c_order = table.offset, table.flags.c_contiguous
+        del table  # rows are read with seeks below: a mapping would count read-ahead pages as our memory
+
         def write_features(out):
-            for start in range(0, len(order), _ROWS_PER_BLOCK):
-                idx = order[start:start + _ROWS_PER_BLOCK]
-                out.write(np.asarray(table[idx]), f"{features}, rows {idx.min()}-{idx.max()}")
+            if not c_order:  # a Fortran-ordered array: rows are not contiguous, read through the mapping
+                arr = np.load(features, mmap_mode="r", allow_pickle=False)
+                for start in range(0, len(order), _ROWS_PER_BLOCK):
+                    out.write(arr[order[start:start + _ROWS_PER_BLOCK]], f"{features}")
+                return
+            with open(features, "rb") as fh:
+                for row in order.tolist():
+                    fh.seek(offset + row * row_bytes)
+                    out.write(np.frombuffer(fh.read(row_bytes), dtype=row_dtype), f"{features}, row {row}")
 
     drops = [
         (sp.counts["duplicates_collapsed"], "repeated interactions of a user with an item (the latest is kept)"),
