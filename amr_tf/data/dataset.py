@@ -142,14 +142,8 @@ _MAX_ID = 2**62  # far beyond any real id; keeps products like ``user * num_item
 
 
 def _read_text(path: Path, what: str) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: required file is missing") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected {what}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with open_input(path, "required file is missing", what) as fh:
+        data = fh.read()
     try:
         return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is tolerated
     except UnicodeDecodeError as exc:
@@ -197,21 +191,26 @@ def _read_int_table(path: Path, expected_cols: int | None, what: str) -> tuple[n
     return table, np.array([n for n, _ in rows], dtype=np.int64)
 
 
+def open_input(path, missing: str, expected: str, mode: str = "rb", **kwargs):
+    """``open(path, mode)`` with one ``DataError`` line for each way an input file can be absent:
+    ``"<path>: <missing>"``, ``"<path>: is a directory; expected <expected>"``, ``"cannot read"``."""
+    try:
+        return open(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory; expected {expected}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """``np.load(path, allow_pickle=False)`` with a ``DataError`` for every way the file can be bad.
 
     The header is checked against the file size before any data is read, so a truncated file
     (or a corrupt header claiming a huge shape) is reported instead of allocating memory for it.
     """
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: feature file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected a .npy feature file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with fh:
+    with open_input(path, "feature file not found", "a .npy feature file") as fh:
         size = os.fstat(fh.fileno()).st_size
         magic = fh.read(6)
         if size == 0:

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from amr_tf.data.dataset import open_input
 from amr_tf.datasets.protocol import Protocol, sorted_codes, split as protocol_split
 from amr_tf.datasets.writer import BuildResult, write_build
 from amr_tf.errors import DataError
@@ -43,13 +44,7 @@ REVIEW_FIELDS = ("reviewerID", "asin", "unixReviewTime", "overall")
 
 
 def _open_text_lines(path: Path) -> Iterator[bytes]:
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: review file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected a reviews_<Category>.json(.gz) file") from None
-    with fh:
+    with open_input(path, "review file not found", "a reviews_<Category>.json(.gz) file") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
         fh.seek(0)
         stream = gzip.GzipFile(fileobj=fh) if gz else fh
@@ -133,13 +128,7 @@ def read_feature_index(path: str | os.PathLike) -> tuple[dict[str, int], int]:
     """First pass over the ``.b`` file: ``{asin: record number}`` (the first record of an ASIN
     listed twice wins) and how many duplicate records there were. Reads only the ASINs."""
     path = Path(path)
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: feature file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected an image_features_<Category>.b file") from None
-    with fh:
+    with open_input(path, "feature file not found", "an image_features_<Category>.b file") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise DataError(f"{path}: file is empty")

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from amr_tf.data.dataset import open_input
 from amr_tf.datasets.protocol import Protocol, sorted_codes, split as protocol_split
 from amr_tf.datasets.writer import BuildResult, write_build
 from amr_tf.errors import DataError
@@ -58,12 +59,7 @@ def read_interactions(path: str | os.PathLike, columns: Sequence[str] = DEFAULT_
     path = Path(path)
     if len(columns) not in (3, 4) or len(set(columns)) != len(columns):
         raise DataError(f"--columns: expected 3 or 4 distinct names user,item,timestamp[,rating], got {','.join(columns)}")
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: interactions file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory; expected a .csv or .tsv file") from None
+    fh = open_input(path, "interactions file not found", "a .csv or .tsv file", "r", newline="", encoding="utf-8-sig")
     user_code: dict[str, int] = {}
     item_code: dict[str, int] = {}
     users, items, ts, rating = array("q"), array("q"), array("q"), array("d")
