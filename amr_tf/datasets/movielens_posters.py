@@ -569,6 +569,27 @@ def _features(extractor: FeatureExtractor, paths: list[str], batch_size: int, pr
     return to_float16(feats, "feature extractor")
 
 
+def _write(out_dir: Path, report: BuildReport, split, feats16: np.ndarray, ml100k: Mapping[int, str],
+           ml1m_of: Mapping[int, int], canonical: Mapping[int, int]) -> None:
+    """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename; fills
+    ``report.files`` (the card lists each file's size and SHA-256)."""
+    with staging(out_dir, OUTPUT_FILES + (VAL_FILE,)) as tmp_dir:
+        write_split(tmp_dir, split.train, split.test_rows, split.val_rows)
+        atomic_write_npy(tmp_dir / FEATURE_FILE, feats16)
+        item_lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
+        for n, o in enumerate(split.item_keys.tolist()):
+            title = ml100k[o].replace("\t", " ")
+            item_lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
+        atomic_write_text(tmp_dir / "items.tsv", "".join(item_lines))
+        atomic_write_text(tmp_dir / "users.tsv", "user\tml100k_id\n" + "".join(
+            f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())))
+        atomic_write_text(tmp_dir / "stats.json", json.dumps(report.stats(), indent=2, sort_keys=True) + "\n")
+        for name in report.data_files():
+            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
+        merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
+        atomic_write_text(tmp_dir / "README.md", _dataset_card(report, merged, ml100k))
+
+
 def build(
     shared_data_dir: Path | str,
     out_dir: Path | str = DEFAULT_OUT_DIR,
@@ -638,10 +659,9 @@ def build(
     split = protocol_split(r[:, 0], r[:, 1], r[:, 3], r[:, 2], proto, negatives_option="num_negatives",
                            user_label=lambda key: f"MovieLens-100K user {key}", log=say)
     c = split.counts
-    item_ids, user_ids = split.item_keys, split.user_keys
 
     ml1m_of = {mid: with_poster[mid] for mid in canonical}
-    paths = [str(shared / "ml1m-posters" / "images" / f"{ml1m_of[int(o)]}.jpg") for o in item_ids]
+    paths = [str(shared / "ml1m-posters" / "images" / f"{ml1m_of[int(o)]}.jpg") for o in split.item_keys]
     say(f"extracting features from {len(paths)} posters")
     feats16 = _features(extractor, paths, batch_size, progress)
 
@@ -676,22 +696,7 @@ def build(
         files={},
         validation_pairs=c["validation_pairs"],
     )
-    data_files = report.data_files()
-    with staging(out_dir, OUTPUT_FILES + (VAL_FILE,)) as tmp_dir:
-        write_split(tmp_dir, split.train, split.test_rows, split.val_rows)
-        atomic_write_npy(tmp_dir / FEATURE_FILE, feats16)
-        item_lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
-        for n, o in enumerate(item_ids.tolist()):
-            title = ml100k[o].replace("\t", " ")
-            item_lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
-        atomic_write_text(tmp_dir / "items.tsv", "".join(item_lines))
-        atomic_write_text(tmp_dir / "users.tsv",
-                          "user\tml100k_id\n" + "".join(f"{n}\t{o}\n" for n, o in enumerate(user_ids.tolist())))
-        atomic_write_text(tmp_dir / "stats.json", json.dumps(report.stats(), indent=2, sort_keys=True) + "\n")
-        for name in data_files:
-            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
-        merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
-        atomic_write_text(tmp_dir / "README.md", _dataset_card(report, merged, ml100k))
+    _write(out_dir, report, split, feats16, ml100k, ml1m_of, canonical)
     say(f"wrote {out_dir}")
     return report
 
