@@ -186,6 +186,8 @@ def test_bad_val_txt_gives_line_precise_errors(tmp_path, val, match):
 def test_val_negative_that_is_a_training_item_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"val.txt, line 1: negative candidate 1 is a training item of user 0"):
         load_amr_dir(write_val_dir(tmp_path, val="4 1\n3 4\n"))
+    with pytest.warns(UserWarning, match=r"val.txt, line 2: validation item 4 of user 1 is also its test item"):
+        load_amr_dir(write_val_dir(tmp_path, val="4 3\n4 3\n"))
 
 
 def test_holdout_is_seeded_and_leaves_the_pair_out(tiny_dataset):

@@ -390,6 +390,15 @@ def _check_validation(ds: AmrDataset, val: np.ndarray, val_path: Path, val_lines
             f"{val_path}, line {val_lines[u]}: validation item {val[u, 0]} of user {u} is a training pair in "
             f"pos.txt ({_count(int(in_train.sum()), 'such row')} in all); a validation positive must be held out"
         )
+    tested = users[users < len(ds.test_candidates)]
+    same = val[tested, 0] == ds.test_candidates[tested, 0]
+    if same.any():
+        u = int(tested[np.argmax(same)])
+        warnings.warn(
+            f"{val_path}, line {val_lines[u]}: validation item {val[u, 0]} of user {u} is also its test item "
+            f"({_count(int(same.sum()), 'such user')} in all); validation would select on the test item",
+            stacklevel=3,
+        )
     n_neg = val.shape[1] - 1
     rows = np.repeat(users, n_neg)
     items = val[:, 1:].ravel()
