@@ -82,7 +82,7 @@ seed_int = number(int, 0, strict=False, maximum=2**32 - 1)  # what NumPy's legac
 RESUME_FIXED = ("model", "adv", "adv_type", "lr", "regs", "epsilon", "lmd", "emb1_K", "batch_size", "seed",
                 "cold_start_rule", "protocol")
 # Taken from the checkpoint unless given (the dataset's fingerprint is checked instead of its name).
-RESUME_INHERITED = ("dataset", "path", "cnn", "epoch", "verbose", "save_every", "logdir")
+RESUME_INHERITED = ("dataset", "path", "cnn", "validation", "epoch", "verbose", "save_every", "logdir")
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -98,6 +98,9 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cnn", default=None, help="feature file f_<cnn>.npy to use (default: the only one present)")
     p.add_argument("--protocol", choices=("sampled", "full"), default="sampled",
                    help="rank the test item among neg.txt's candidates (the original) or all untrained items")
+    p.add_argument("--validation", choices=("auto", "holdout", "none"), default="auto",
+                   help="validation split: auto = the dataset's val.txt if it has one, else none; holdout = "
+                        "val.txt, else one seeded pair per user carved from pos.txt; none = the original protocol")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cnn", default=None)
     c.set_defaults(handler=cmd_convert)
 
+    from amr_tf.datasets.cli import add_build_dataset_subcommand  # no TensorFlow at import
+
+    add_build_dataset_subcommand(sub)
     try:
         from amr_tf.vision.features import add_features_subcommand
     except ImportError:
@@ -168,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _dataset(args):
     from amr_tf.data import resolve_dataset
 
-    return resolve_dataset(args.dataset, cnn=args.cnn, path=args.path)
+    return resolve_dataset(args.dataset, cnn=args.cnn, path=args.path, validation=getattr(args, "validation", "auto"))
 
 
 def print_table(rows: dict[str, dict], file=None) -> None:

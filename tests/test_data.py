@@ -138,3 +138,112 @@ def test_triplet_stream_is_the_samplers_batches(batch_size):
             (got,) = next(stream)
             for g, w in zip(got, want):
                 np.testing.assert_array_equal(g.numpy(), w)
+
+
+# ---------------------------------------------------------------------------- validation split
+
+
+def write_val_dir(tmp_path, val="4 3\n3 4\n", **kw):
+    """Items 0..4; user 0 trains on 1 and 2, user 1 on 2; tests 3 and 4."""
+    write_dir(tmp_path, pos="0 1\n0 2\n1 2\n", neg="3 0\n4 0\n", **kw)
+    if val is not None:
+        (tmp_path / "val.txt").write_text(val)
+    return tmp_path
+
+
+def test_val_txt_is_read_checked_and_fingerprinted(tmp_path):
+    root = write_val_dir(tmp_path)
+    ds = load_amr_dir(root)
+    assert ds.validation == "val.txt"
+    assert ds.validation_candidates.tolist() == [[4, 3], [3, 4]] and ds.validation_users.tolist() == [0, 1]
+    assert ds.record()["validation"] == "val.txt" and "val.txt" in ds.record()["files_sha256"]
+    plain = load_amr_dir(root, validation="none")  # the original protocol ignores val.txt
+    assert plain.validation_candidates is None and plain.validation == "none"
+    assert ds.fingerprint != plain.fingerprint
+    assert load_amr_dir(root, validation="holdout").validation == "val.txt"  # a val.txt wins over carving
+    # the fingerprint without a validation split is the one the shipped checkpoints record
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (plain.train_pairs, plain.test_candidates, plain.features):
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + np.ascontiguousarray(a).tobytes())
+    assert plain.fingerprint == h.hexdigest()
+
+
+@pytest.mark.parametrize("val,match", [
+    ("4 3\n2 4\n", r"val.txt, line 2: validation item 2 of user 1 is a training pair in pos.txt"),
+    ("4 3\n3\n", r"val.txt, line 2: found 1 value, expected 2 integers like line 1"),
+    ("4\n3\n", r"val.txt, line 1: found 1 value per row"),
+    ("4 3\n3 9\n", r"val.txt, line 2: item 9 has no feature row"),
+    ("4 3\n3 x\n", r"val.txt, line 2: 'x' is not an integer"),
+    ("4 3\n3 4\n0 3\n", r"val.txt, line 3: 3 rows but pos.txt and neg.txt define only 2 users"),
+])
+def test_bad_val_txt_gives_line_precise_errors(tmp_path, val, match):
+    with pytest.raises(DataError, match=match):
+        load_amr_dir(write_val_dir(tmp_path, val=val))
+
+
+def test_val_negative_that_is_a_training_item_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"val.txt, line 1: negative candidate 1 is a training item of user 0"):
+        load_amr_dir(write_val_dir(tmp_path, val="4 1\n3 4\n"))
+    with pytest.warns(UserWarning, match=r"val.txt, line 2: validation item 4 of user 1 is also its test item"):
+        load_amr_dir(write_val_dir(tmp_path, val="4 3\n4 3\n"))
+
+
+def test_holdout_is_seeded_and_leaves_the_pair_out(tiny_dataset):
+    from amr_tf.data import carve_holdout
+
+    a, b, c = carve_holdout(tiny_dataset, seed=1), carve_holdout(tiny_dataset, seed=1), carve_holdout(tiny_dataset, seed=2)
+    assert a.fingerprint == b.fingerprint != c.fingerprint != tiny_dataset.fingerprint
+    assert a.validation == "holdout(seed=1)" and a.record()["validation"] == "holdout(seed=1)"
+    full = tiny_dataset.train_matrix.toarray() > 0
+    kept = a.train_matrix.toarray() > 0
+    counts = full.sum(axis=1)
+    assert a.validation_users.tolist() == np.flatnonzero(counts >= 2).tolist()
+    n_neg = tiny_dataset.test_candidates.shape[1] - 1
+    assert a.validation_candidates.shape == (len(a.validation_users), 1 + n_neg)
+    for u, row in zip(a.validation_users, a.validation_candidates):
+        held, negs = row[0], row[1:]
+        assert full[u, held] and not kept[u, held]  # a training pair of u, moved out of training
+        assert (kept[u] == (full[u] & (np.arange(full.shape[1]) != held))).all()  # nothing else moved
+        assert not full[u, negs].any() and tiny_dataset.test_candidates[u, 0] not in negs
+        assert len(set(negs)) == n_neg and list(negs) == sorted(negs)
+    assert len(a.train_pairs) == len(tiny_dataset.train_pairs) - len(a.validation_users)  # no duplicate pairs here
+
+
+def test_holdout_skips_users_with_one_training_item_and_cannot_be_written(tmp_path):
+    ds = load_amr_dir(write_val_dir(tmp_path, val=None), validation="holdout")
+    assert ds.validation_users.tolist() == [0]  # user 1 has one training item
+    assert ds.validation_candidates[0, 0] in (1, 2) and ds.validation_candidates[0, 1] in (0, 4)  # not 1, 2, test 3
+    write_amr_dir(ds, tmp_path / "prefix")  # users 0..k-1 validated: val.txt can say so
+    assert load_amr_dir(tmp_path / "prefix").validation_candidates.tolist() == ds.validation_candidates.tolist()
+    (tmp_path / "gap").mkdir()
+    gap_dir = write_dir(tmp_path / "gap", pos="0 1\n1 1\n1 2\n", neg="3 0\n4 0\n")  # user 0: one item
+    gap = load_amr_dir(gap_dir, validation="holdout")
+    assert gap.validation_users.tolist() == [1]
+    with pytest.raises(DataError, match="skips users"):
+        write_amr_dir(gap, tmp_path / "copy")
+
+
+def test_write_split_round_trips_val_txt(tmp_path):
+    (tmp_path / "a").mkdir()
+    ds = load_amr_dir(write_val_dir(tmp_path / "a"))
+    write_amr_dir(ds, tmp_path / "b")
+    assert (tmp_path / "b" / "val.txt").read_text() == "4 3\n3 4\n"
+    assert load_amr_dir(tmp_path / "b").fingerprint == ds.fingerprint
+    write_amr_dir(load_amr_dir(tmp_path / "a", validation="none"), tmp_path / "b")  # a stale val.txt goes
+    assert not (tmp_path / "b" / "val.txt").exists()
+
+
+def test_validation_flag_reaches_the_loader(tmp_path):
+    from amr_tf.cli import _dataset, build_parser
+    from amr_tf.data import resolve_dataset
+
+    root = write_val_dir(tmp_path, val=None)
+    args = build_parser().parse_args(["evaluate", "--model", "POP", "--dataset", str(root), "--validation", "holdout"])
+    assert _dataset(args).validation == "holdout(seed=0)"
+    args = build_parser().parse_args(["evaluate", "--model", "POP", "--dataset", str(root)])
+    assert args.validation == "auto" and _dataset(args).validation == "none"
+    assert resolve_dataset("synthetic", validation="holdout").validation == "holdout(seed=0)"
+    with pytest.raises(DataError, match="validation must be one of"):
+        resolve_dataset("synthetic", validation="yes")

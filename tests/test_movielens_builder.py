@@ -411,3 +411,48 @@ def test_real_build_counts_and_invariants(real_build):
 def test_real_rebuild_is_byte_identical(real_build, tmp_path):
     again = build(SHARED_DATA, tmp_path / "again", extract_features=fake_extractor)
     assert read_dir(again.out_dir) == read_dir(real_build.out_dir)
+
+
+SHIPPED = mlp.DEFAULT_OUT_DIR
+
+
+@needs_shared
+def test_rebuild_reproduces_the_shipped_files(tmp_path):
+    """The staged builder, fed the shipped poster features (the CNN is not rerun), writes every
+    shipped file byte for byte: split, negatives, ids, stats and card."""
+    shipped = np.load(SHIPPED / mlp.FEATURE_FILE, allow_pickle=False)
+
+    def shipped_features(paths, batch_size=32, progress=False):
+        assert len(paths) == len(shipped) and batch_size == 32
+        return shipped.astype(np.float32)  # float16 -> float32 -> float16 is exact
+
+    build(SHARED_DATA, tmp_path / "rebuilt", extract_features=shipped_features,
+          feature_description=mlp.DEFAULT_FEATURE_DESCRIPTION)
+    assert read_dir(tmp_path / "rebuilt") == read_dir(SHIPPED)
+
+
+@needs_shared
+def test_opt_in_validation_item(tmp_path):
+    report = build(SHARED_DATA, tmp_path / "v", extract_features=fake_extractor, validation=True)
+    out = report.out_dir
+    assert report.validation_pairs == report.num_users and report.min_positives == 3
+    assert (out / "neg.txt").read_bytes() == (SHIPPED / "neg.txt").read_bytes()  # every user had 3 positives
+    ds = mlp_load(out)
+    assert ds.validation == "val.txt" and ds.validation_candidates.shape == (report.num_users, 1 + report.num_negatives)
+    train = ds.train_matrix.toarray() > 0
+    users = np.arange(report.num_users)
+    assert not train[users, ds.validation_candidates[:, 0]].any()
+    assert len(ds.train_pairs) == report.train_pairs
+    shipped_pairs = {tuple(p) for p in np.loadtxt(SHIPPED / "pos.txt", dtype=np.int64).tolist()}
+    # the validation item was a training pair of the default build: the second latest positive
+    assert all((u, int(v)) in shipped_pairs for u, v in zip(users, ds.validation_candidates[:, 0]))
+    assert {tuple(p) for p in ds.train_pairs.tolist()} | {(u, int(v)) for u, v in zip(users, ds.validation_candidates[:, 0])} == shipped_pairs
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "--validation" in card and report.files["val.txt"]["sha256"] in card
+    assert json.loads((out / "stats.json").read_text())["validation_pairs"] == report.num_users
+
+
+def mlp_load(path):
+    from amr_tf.data import load_amr_dir
+
+    return load_amr_dir(path, cnn="effnet")

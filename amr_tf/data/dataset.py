@@ -5,13 +5,22 @@ Directory format (one directory per dataset, as in the original AMR release):
 * ``pos.txt``  -- training pairs ``u i``, one per line, 0-based ints;
 * ``neg.txt``  -- one row per user (row index = user id): the held-out test positive first,
   then that user's sampled negative candidates; every row has the same length;
+* ``val.txt``  -- optional, in ``neg.txt``'s layout: row u = user u's validation positive (never
+  a training pair in ``pos.txt``), then its sampled negatives; it may have fewer rows than there
+  are users (the users beyond its last row are not validated);
 * ``f_<cnn>.npy`` -- item image features, row i = item i.
+
+Which validation split a loaded dataset has is its ``validation`` label: ``"none"`` (the original
+protocol), ``"val.txt"``, or ``"holdout(seed=S)"`` (carved from ``pos.txt`` at load time, see
+:mod:`amr_tf.data.validation`). The label and the validation rows enter the fingerprint, so runs on
+different splits never compare as the same dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import warnings
@@ -22,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from amr_tf.errors import DataError
-from amr_tf.io import atomic_write_npy, atomic_write_text, read_npy_header, sha256_file
+from amr_tf.io import atomic_path, atomic_write_npy, read_npy_header, sha256_file
 from amr_tf.safe_io import open_regular, read_bytes
 
 
@@ -39,6 +48,19 @@ class AmrDataset:
     path: str | None = None
     # The files a directory dataset was read from (names inside ``path``), for ``files_sha256``.
     source_files: tuple[str, ...] = ()
+    # Held-out validation rows in ``neg.txt``'s layout (validation positive, then negatives), row k
+    # for user ``validation_users[k]``; both None without a validation split.
+    validation_candidates: np.ndarray | None = None
+    validation_users: np.ndarray | None = None
+    validation: str = "none"  # "none", "val.txt" or "holdout(seed=S)"
+
+    def __post_init__(self):
+        if (self.validation_candidates is None) != (self.validation_users is None):
+            raise ValueError("validation_candidates and validation_users go together (both or neither)")
+        if self.validation_candidates is None and self.validation != "none":
+            raise ValueError(f"validation={self.validation!r} needs validation_candidates")
+        if self.validation_candidates is not None and self.validation == "none":
+            raise ValueError("validation_candidates given but validation='none'")
 
     @property
     def feature_dim(self) -> int:
@@ -73,7 +95,13 @@ class AmrDataset:
     def fingerprint(self) -> str:
         """SHA-256 over the arrays that define the dataset (what checkpoints and results record)."""
         h = hashlib.sha256()
-        for arr in (self.train_pairs, self.test_candidates, self.features):
+        arrays = [self.train_pairs, self.test_candidates, self.features]
+        if self.validation_candidates is not None:
+            # Only with a validation split, so the original protocol keeps its fingerprint (the
+            # shipped checkpoints record it).
+            h.update(f"validation={self.validation}".encode())
+            arrays += [self.validation_users, self.validation_candidates]
+        for arr in arrays:
             a = np.ascontiguousarray(arr)
             h.update(str(a.dtype).encode() + str(a.shape).encode())
             h.update(a.tobytes())
@@ -82,7 +110,7 @@ class AmrDataset:
     def record(self) -> dict:
         """What result files store about the dataset: name, ``fingerprint`` (SHA-256 over the
         parsed arrays) and, for a directory, its path and the SHA-256 of each source file."""
-        out = {"name": self.name, "fingerprint": self.fingerprint}
+        out = {"name": self.name, "fingerprint": self.fingerprint, "validation": self.validation}
         if self.path is not None:
             out["path"] = self.path
             out["files_sha256"] = self._files_sha256
@@ -96,11 +124,15 @@ class AmrDataset:
 
     def summary(self) -> str:
         n_cand = self.test_candidates.shape[1] - 1 if self.test_candidates.size else 0
-        return (
+        text = (
             f"{self.name}: {self.num_users} users, {self.num_items} items, "
             f"{len(self.train_pairs)} training pairs, {self.feature_dim}-d features, "
             f"{n_cand} negative candidates per test user"
         )
+        if self.validation_candidates is not None:
+            text += (f"; validation {self.validation}: {len(self.validation_candidates)} users, "
+                     f"{self.validation_candidates.shape[1] - 1} negatives each")
+        return text
 
 
 # ---------------------------------------------------------------------------- reading
@@ -159,6 +191,17 @@ def _read_int_table(path: Path, expected_cols: int | None, what: str) -> tuple[n
                 raise DataError(f"{path}, line {n}: {shown!r} is not an integer id; expected {what}")
     table = np.array([t for _, toks in rows for t in toks], dtype=np.int64).reshape(len(rows), width)
     return table, np.array([n for n, _ in rows], dtype=np.int64)
+
+
+def open_input(path, missing: str, expected: str, mode: str = "rb", **kwargs):
+    """Open an input file for reading through :func:`amr_tf.safe_io.open_regular` (regular files only,
+    never waiting on a FIFO), with one ``DataError`` line naming the path for every way it can be
+    absent or unreadable: ``"<path>: <missing>"``, a directory, a FIFO, a link loop, ... ``mode``
+    ``"r"`` wraps it as text (``**kwargs``: ``encoding``, ``newline``, ...)."""
+    fh = open_regular(path, expected, DataError, missing=f"{path}: {missing}")
+    if "b" in mode:
+        return fh
+    return io.TextIOWrapper(fh, **kwargs)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -235,13 +278,24 @@ def load_features(path: str | os.PathLike) -> np.ndarray:
     return feats
 
 
-def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None = None) -> AmrDataset:
+VALIDATION_MODES = ("auto", "holdout", "none")
+
+
+def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None = None,
+                 validation: str = "auto", holdout_seed: int = 0) -> AmrDataset:
     """Load and validate a dataset in the original release's directory format.
+
+    ``validation``: ``"auto"`` reads ``val.txt`` when the directory has one (else no validation
+    split); ``"none"`` ignores any ``val.txt`` (the original protocol); ``"holdout"`` reads
+    ``val.txt`` if present, else carves one validation pair per user out of ``pos.txt`` with
+    :func:`amr_tf.data.validation.carve_holdout` (``holdout_seed``).
 
     Errors (``DataError``) name the file, line or row and what was expected. Legal but suspicious
     data only warns: users of ``pos.txt`` without a ``neg.txt`` row (trained, not evaluated),
     ``neg.txt`` users without training pairs, and candidates that are training items of their user.
     """
+    if validation not in VALIDATION_MODES:
+        raise DataError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
     root = Path(path)
     if not root.is_dir():
         what = "is a file, not a dataset directory" if root.exists() else "dataset directory not found"
@@ -262,10 +316,21 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
             f"{neg_path}, line 1: found 1 value per row; each row needs the test item and at least one "
             "negative candidate"
         )
+    val_path = root / "val.txt"
+    val = None
+    if validation != "none" and val_path.is_file():
+        val, val_lines = _read_int_table(val_path, expected_cols=None,
+                                         what="one row per user: the validation item, then its negative candidates")
+        if val.shape[1] < 2:
+            raise DataError(f"{val_path}, line {val_lines[0]}: found 1 value per row; each row needs the "
+                            "validation item and at least one negative candidate")
     features = load_features(feat_path)
 
     n_rows = features.shape[0]
-    for items, file, lines in ((pairs[:, 1:], pos_path, pos_lines), (cands, neg_path, neg_lines)):
+    tables = [(pairs[:, 1:], pos_path, pos_lines), (cands, neg_path, neg_lines)]
+    if val is not None:
+        tables.append((val, val_path, val_lines))
+    for items, file, lines in tables:
         bad = (items >= n_rows).any(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
@@ -275,7 +340,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
                 f"{feat_path.name} has {n_rows} rows (items 0..{n_rows - 1})"
             )
     num_users = int(max(pairs[:, 0].max() + 1, len(cands)))
-    num_items = int(max(pairs[:, 1].max() + 1, cands.max() + 1))
+    num_items = int(max(pairs[:, 1].max() + 1, cands.max() + 1, val.max() + 1 if val is not None else 0))
     known_users = len(np.union1d(pairs[:, 0], np.arange(len(cands))))
     if num_users > 2 * known_users + 1000:
         row = int(np.argmax(pairs[:, 0]))
@@ -298,7 +363,55 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
     )
     _warn_about_users(ds, pos_path, pos_lines, neg_path, neg_lines)
     _warn_candidates_in_train(ds, neg_path, neg_lines)
+    if val is not None:
+        _check_validation(ds, val, val_path, val_lines)
+        ds.validation_candidates, ds.validation_users = val, np.arange(len(val), dtype=np.int64)
+        ds.validation = "val.txt"
+        ds.source_files += (val_path.name,)
+    elif validation == "holdout":
+        from amr_tf.data.validation import carve_holdout  # a module of its own: one job
+
+        ds = carve_holdout(ds, seed=holdout_seed)
     return ds
+
+
+def _check_validation(ds: AmrDataset, val: np.ndarray, val_path: Path, val_lines) -> None:
+    """``val.txt``: no more rows than users, positives that are not training pairs; warn about
+    negatives that are training items of their user or repeat the validation item."""
+    if len(val) > ds.num_users:
+        raise DataError(
+            f"{val_path}, line {val_lines[ds.num_users]}: {_count(len(val), 'row')} but pos.txt and neg.txt "
+            f"define only {_count(ds.num_users, 'user')}; row u of val.txt is user u"
+        )
+    users = np.arange(len(val))
+    in_train = np.asarray(ds.train_matrix[users, val[:, 0]]).ravel() > 0
+    if in_train.any():
+        u = int(np.argmax(in_train))
+        raise DataError(
+            f"{val_path}, line {val_lines[u]}: validation item {val[u, 0]} of user {u} is a training pair in "
+            f"pos.txt ({_count(int(in_train.sum()), 'such row')} in all); a validation positive must be held out"
+        )
+    tested = users[users < len(ds.test_candidates)]
+    same = val[tested, 0] == ds.test_candidates[tested, 0]
+    if same.any():
+        u = int(tested[np.argmax(same)])
+        warnings.warn(
+            f"{val_path}, line {val_lines[u]}: validation item {val[u, 0]} of user {u} is also its test item "
+            f"({_count(int(same.sum()), 'such user')} in all); validation would select on the test item",
+            stacklevel=3,
+        )
+    n_neg = val.shape[1] - 1
+    rows = np.repeat(users, n_neg)
+    items = val[:, 1:].ravel()
+    neg_in_train = np.asarray(ds.train_matrix[rows, items]).ravel() > 0
+    if neg_in_train.any():
+        k = int(np.argmax(neg_in_train))
+        warnings.warn(
+            f"{val_path}, line {val_lines[rows[k]]}: negative candidate {items[k]} is a training item of user "
+            f"{rows[k]} ({_count(int(neg_in_train.sum()), 'such candidate')} in all); validation metrics will be "
+            "pessimistic",
+            stacklevel=3,
+        )
 
 
 def _warn_about_users(ds: AmrDataset, pos_path: Path, pos_lines, neg_path: Path, neg_lines) -> None:
@@ -354,11 +467,42 @@ def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path, neg_lines) -> None
 # ---------------------------------------------------------------------------- writing
 
 
-def write_amr_dir(ds: AmrDataset, path: str | os.PathLike, cnn: str = "resnet", feature_dtype=np.float32) -> Path:
-    """Write ``ds`` in the original directory format (each file atomically)."""
+def _write_rows(path: Path, rows, block: int = 256) -> None:
+    """Rows of ints as space-separated lines, atomically, a block of rows at a time (a large
+    ``neg.txt`` never exists as one string or one list of Python ints)."""
+    rows = np.asarray(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as fh:
+        for start in range(0, len(rows), block):
+            fh.write("".join(" ".join(map(str, row)) + "\n" for row in rows[start:start + block].tolist()))
+
+
+def write_split(path: str | os.PathLike, train_pairs, test_candidates, validation_candidates=None) -> Path:
+    """Write ``pos.txt``, ``neg.txt`` and, when given, ``val.txt`` (each atomically) into ``path``.
+
+    ``validation_candidates`` row u is user u, as in ``neg.txt``. The one writer of the id files:
+    :func:`write_amr_dir` and the dataset builders (:mod:`amr_tf.datasets`) call it.
+    """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "pos.txt", "".join(f"{u} {i}\n" for u, i in ds.train_pairs))
-    atomic_write_text(root / "neg.txt", "".join(" ".join(map(str, row)) + "\n" for row in ds.test_candidates))
+    _write_rows(root / "pos.txt", train_pairs)
+    _write_rows(root / "neg.txt", test_candidates)
+    if validation_candidates is not None:
+        _write_rows(root / "val.txt", validation_candidates)
+    elif (root / "val.txt").is_file():
+        (root / "val.txt").unlink()  # a stale split from an earlier write would be read back
+    return root
+
+
+def write_amr_dir(ds: AmrDataset, path: str | os.PathLike, cnn: str = "resnet", feature_dtype=np.float32) -> Path:
+    """Write ``ds`` in the original directory format (each file atomically), with ``val.txt`` when
+    ``ds`` has a validation split for users 0.. in order (a holdout that skipped users cannot be
+    written in that layout: ``DataError``)."""
+    val = ds.validation_candidates
+    if val is not None and not np.array_equal(ds.validation_users, np.arange(len(val))):
+        raise DataError(
+            f"{ds.name}: validation split {ds.validation} skips users (row k is not user k), which val.txt "
+            "cannot express; write the dataset without it (validation='none')"
+        )
+    root = write_split(path, ds.train_pairs, ds.test_candidates, val)
     atomic_write_npy(root / f"f_{cnn}.npy", ds.features.astype(feature_dtype))
     return root

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-positives", type=int, default=DEFAULT_MIN_POSITIVES,
                         help=f"drop users with fewer positives (>= 2; default: {DEFAULT_MIN_POSITIVES})")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="CNN batch size (default: 32)")
+    parser.add_argument("--validation", action="store_true",
+                        help="also hold out each user's second latest positive as the validation item (val.txt); "
+                             "users then need 3 positives. Off by default: the shipped dataset has no val.txt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during feature extraction")
     args = parser.parse_args(argv)
     if args.shared is None:
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build(
             args.shared, args.out, num_negatives=args.negatives, seed=args.seed, min_positives=args.min_positives,
-            batch_size=args.batch_size, progress=not args.no_progress, log=lambda msg: print(msg, flush=True),
+            batch_size=args.batch_size, progress=not args.no_progress,
+            validation=args.validation, log=lambda msg: print(msg, flush=True),
         )
     except AmrError as exc:
         print(f"error: {exc}", file=sys.stderr)

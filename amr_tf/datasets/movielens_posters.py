@@ -40,10 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
-import tempfile
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
@@ -51,9 +48,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from amr_tf.data.dataset import write_split
 from amr_tf.datasets import DATA_DIR
+from amr_tf.datasets.protocol import Protocol, check_out_dir, staging, to_float16
+from amr_tf.datasets.protocol import split as protocol_split
 from amr_tf.errors import AmrError, DataError
-from amr_tf.io import UMASK, sha256_file
+from amr_tf.io import atomic_write_npy, atomic_write_text, sha256_file
 
 __all__ = [
     "ARTICLES",
@@ -89,9 +89,11 @@ DEFAULT_MIN_POSITIVES = 2
 #: Ratings at or above this value are implicit positives.
 POSITIVE_THRESHOLD = 4
 FEATURE_FILE = "f_effnet.npy"
-#: Every file the builder writes, in the order the card lists them.
+#: Every file the default build writes, in the order the card lists them.
 DATA_FILES: tuple[str, ...] = ("pos.txt", "neg.txt", FEATURE_FILE, "items.tsv", "users.tsv", "stats.json")
 OUTPUT_FILES: tuple[str, ...] = DATA_FILES + ("README.md",)
+#: Written too by ``build(validation=True)``, listed after ``neg.txt``.
+VAL_FILE = "val.txt"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT_DIR = DATA_DIR / "movielens_posters"
@@ -490,13 +492,22 @@ class BuildReport:
     feature_description: str
     batch_size: int  # the CNN batch size (float rounding can differ between batch sizes)
     files: dict[str, dict[str, object]]  # name -> {"bytes": int, "sha256": str}
+    validation_pairs: int = 0  # one per user with build(validation=True), else 0
 
     def stats(self) -> dict[str, object]:
         """The deterministic counts (no paths, no file hashes) written to ``stats.json``."""
         data = dataclasses.asdict(self)
         for volatile in ("out_dir", "files"):
             data.pop(volatile)
+        if not self.validation_pairs:
+            data.pop("validation_pairs")  # the default build's stats.json is the shipped one
         return data
+
+    def data_files(self) -> tuple[str, ...]:
+        """The files this build wrote, in the order the card lists them."""
+        if not self.validation_pairs:
+            return DATA_FILES
+        return DATA_FILES[:2] + (VAL_FILE,) + DATA_FILES[2:]
 
 
 def _poster_ids(image_dir: Path) -> set[int]:
@@ -511,34 +522,69 @@ def _poster_ids(image_dir: Path) -> set[int]:
     return ids
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace a directory holding anything but a previous build of this dataset."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise AmrError(f"{out_dir}: output path exists and is not a directory")
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_FILES)
-        if foreign:
-            raise AmrError(
-                f"{out_dir}: refusing to replace a directory that holds files this builder does not write "
-                f"({', '.join(foreign[:5])}{'...' if len(foreign) > 5 else ''}); choose another --out"
-            )
+def _read_sources(shared: Path):
+    """Stage 1: the MovieLens files and the poster ids (``DataError`` for anything missing)."""
+    ml100k = read_ml100k_items(shared / "ml-100k" / "u.item")
+    ml1m = read_ml1m_movies(shared / "ml-1m" / "movies.dat")
+    ratings = read_ml100k_ratings(shared / "ml-100k" / "u.data")
+    posters = _poster_ids(shared / "ml1m-posters" / "images")
+    unknown = sorted(set(np.unique(ratings[:, 1]).tolist()) - set(ml100k))
+    if unknown:
+        raise DataError(f"{shared / 'ml-100k' / 'u.data'}: movie id {unknown[0]} is not in u.item")
+    return ml100k, ml1m, ratings, posters
 
 
-def _install(tmp_dir: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp_dir`` to ``out_dir``, replacing any previous build in one rename."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _match_posters(ml100k, ml1m, posters) -> tuple[dict[str, int], dict[int, int], dict[int, int]]:
+    """Stage 2: match titles; the tier counts, matched ids and those with a poster (ML-100K -> ML-1M)."""
+    matches = match_movies(ml100k, ml1m)
+    tiers: dict[str, int] = {}
+    for m in matches.values():
+        tiers[m.how] = tiers.get(m.how, 0) + 1
+    tiers = {k: tiers[k] for k in sorted(tiers, key=lambda k: (-tiers[k], k))}
+    matched = {mid: m.ml1m_id for mid, m in matches.items() if m.ml1m_id is not None}
+    with_poster = {mid: ml1m_id for mid, ml1m_id in matched.items() if ml1m_id in posters}
+    return tiers, matched, with_poster
+
+
+def _merge_duplicates(ratings: np.ndarray, with_poster: Mapping[int, int]) -> tuple[dict[int, int], np.ndarray]:
+    """Stage 3: ML-100K ids of one ML-1M movie merged into the smallest id; the ratings of poster
+    movies with merged ids (one rating per (user, movie) is chosen later by the protocol)."""
+    canonical: dict[int, int] = {}
+    first_of: dict[int, int] = {}
+    for mid in sorted(with_poster):
+        canonical[mid] = first_of.setdefault(with_poster[mid], mid)
+    r = ratings[np.isin(ratings[:, 1], np.fromiter(canonical, dtype=np.int64))].copy()
+    r[:, 1] = np.fromiter((canonical[int(i)] for i in r[:, 1]), dtype=np.int64, count=len(r))
+    return canonical, r
+
+
+def _features(extractor: FeatureExtractor, paths: list[str], batch_size: int, progress: bool) -> np.ndarray:
+    """Stage 5: poster features in item order, checked and stored as float16."""
+    feats = np.asarray(extractor(paths, batch_size=batch_size, progress=progress))
+    if feats.ndim != 2 or feats.shape[0] != len(paths) or feats.shape[1] < 1:
+        raise AmrError(f"feature extractor returned shape {feats.shape}, expected ({len(paths)}, dim)")
+    return to_float16(feats, "feature extractor")
+
+
+def _write(out_dir: Path, report: BuildReport, split, feats16: np.ndarray, ml100k: Mapping[int, str],
+           ml1m_of: Mapping[int, int], canonical: Mapping[int, int]) -> None:
+    """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename; fills
+    ``report.files`` (the card lists each file's size and SHA-256)."""
+    with staging(out_dir, OUTPUT_FILES + (VAL_FILE,)) as tmp_dir:
+        write_split(tmp_dir, split.train, split.test_rows, split.val_rows)
+        atomic_write_npy(tmp_dir / FEATURE_FILE, feats16)
+        item_lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
+        for n, o in enumerate(split.item_keys.tolist()):
+            title = ml100k[o].replace("\t", " ")
+            item_lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
+        atomic_write_text(tmp_dir / "items.tsv", "".join(item_lines))
+        atomic_write_text(tmp_dir / "users.tsv", "user\tml100k_id\n" + "".join(
+            f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())))
+        atomic_write_text(tmp_dir / "stats.json", json.dumps(report.stats(), indent=2, sort_keys=True) + "\n")
+        for name in report.data_files():
+            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
+        merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
+        atomic_write_text(tmp_dir / "README.md", _dataset_card(report, merged, ml100k))
 
 
 def build(
@@ -552,33 +598,32 @@ def build(
     progress: bool = False,
     feature_description: str | None = None,
     log: Callable[[str], None] | None = None,
+    validation: bool = False,
 ) -> BuildReport:
     """Build the MovieLens-100K poster dataset from ``shared_data_dir`` into ``out_dir``.
 
     ``shared_data_dir`` holds ``ml-100k/u.data``, ``ml-100k/u.item``, ``ml-1m/movies.dat`` and
     ``ml1m-posters/images/<MovieLens-1M id>.jpg``.
 
-    Rules (also written to the dataset card):
+    Stages (rules also written to the dataset card); 4 and 6 are the shared protocol of
+    :mod:`amr_tf.datasets.protocol`:
 
-    * movies: MovieLens-100K movies matched to a MovieLens-1M id (:class:`TitleMatcher`) that has a
-      poster file. MovieLens-100K ids matched to the same MovieLens-1M movie (u.item lists a few
-      movies twice) are merged into the smallest of those ids; when a user rated both copies the
-      latest rating is kept (ties: the higher rating).
-    * positives: ratings >= 4; a user needs ``min_positives`` (>= 2) of them, one to hold out and at
-      least one to train on, otherwise the user is removed. Items are the movies with at least one
-      positive among the remaining users.
-    * ids: users renumbered 0.. by MovieLens-100K user id, items 0.. by MovieLens-100K movie id.
-    * split: each user's latest positive (largest timestamp; ties: the larger item id) is the test
-      item; the other positives are the training pairs in ``pos.txt``, sorted by user then item.
-    * negatives: ``neg.txt`` row u is the test item followed by ``num_negatives`` distinct items
-      (ascending) drawn uniformly without replacement, with ``numpy.random.default_rng(seed)``,
-      users in order, from the items user u never rated at any rating value. ``num_negatives=None``
-      uses the largest count every user can supply.
-    * features: ``extract_features(paths, batch_size=..., progress=...)`` on the posters in item
-      order, stored as float16 in ``f_effnet.npy``.
+    1. read the sources; 2. match titles (:class:`TitleMatcher`), keep movies with a poster file;
+    3. merge MovieLens-100K ids matched to the same MovieLens-1M movie (u.item lists a few movies
+       twice) into the smallest of those ids;
+    4. protocol: one rating per (user, movie), the latest (ties: the higher rating); ratings >= 4
+       are positives; a user needs ``min_positives`` (>= 2) of them, otherwise the user is
+       removed; ids renumbered 0.. by MovieLens-100K id; leave-one-out by time (ties: the larger
+       item id), with ``validation=True`` also the second latest positive as the validation item
+       (``val.txt``; users then need 3 positives); ``num_negatives`` never-rated items per row
+       from ``numpy.random.default_rng(seed)`` (``None``: the largest count every user can supply);
+    5. features: ``extract_features(paths, batch_size=..., progress=...)`` on the posters in item
+       order, stored as float16 in ``f_effnet.npy``;
+    6. write everything (id files through :func:`amr_tf.data.dataset.write_split`) into a
+       temporary directory beside ``out_dir`` and move it into place at the end, so an interrupted
+       build leaves any previous build untouched.
 
-    All files are written to a temporary directory beside ``out_dir`` and moved into place at the
-    end, so an interrupted build leaves any previous build untouched.
+    The default output (``validation=False``) is the shipped ``amr_tf/datasets/data/movielens_posters``.
     """
     shared = Path(shared_data_dir)
     out_dir = Path(out_dir)
@@ -591,7 +636,7 @@ def build(
         raise AmrError(f"batch_size must be at least 1, got {batch_size}")
     if not shared.is_dir():
         raise DataError(f"{shared}: shared data folder not found (expected ml-100k/, ml-1m/, ml1m-posters/)")
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir, OUTPUT_FILES + (VAL_FILE,))
     if extract_features is None:
         extractor: FeatureExtractor = _default_extractor
         feature_description = feature_description or DEFAULT_FEATURE_DESCRIPTION
@@ -601,173 +646,54 @@ def build(
             f"`{getattr(extract_features, '__module__', '?')}.{getattr(extract_features, '__qualname__', repr(extract_features))}`"
         )
 
-    # ---- read and match
-    ml100k = read_ml100k_items(shared / "ml-100k" / "u.item")
-    ml1m = read_ml1m_movies(shared / "ml-1m" / "movies.dat")
-    ratings = read_ml100k_ratings(shared / "ml-100k" / "u.data")
-    image_dir = shared / "ml1m-posters" / "images"
-    posters = _poster_ids(image_dir)
-    unknown = sorted(set(np.unique(ratings[:, 1]).tolist()) - set(ml100k))
-    if unknown:
-        raise DataError(f"{shared / 'ml-100k' / 'u.data'}: movie id {unknown[0]} is not in u.item")
-
-    matches = match_movies(ml100k, ml1m)
-    tiers: dict[str, int] = {}
-    for m in matches.values():
-        tiers[m.how] = tiers.get(m.how, 0) + 1
-    tiers = {k: tiers[k] for k in sorted(tiers, key=lambda k: (-tiers[k], k))}
-    matched = {mid: m.ml1m_id for mid, m in matches.items() if m.ml1m_id is not None}
-    with_poster = {mid: ml1m_id for mid, ml1m_id in matched.items() if ml1m_id in posters}
+    ml100k, ml1m, ratings, posters = _read_sources(shared)
+    tiers, matched, with_poster = _match_posters(ml100k, ml1m, posters)
     say(f"matched {len(matched)} of {len(ml100k)} MovieLens-100K movies to MovieLens-1M; {len(with_poster)} have a poster")
+    canonical, r = _merge_duplicates(ratings, with_poster)
 
-    # ---- merge duplicate ML-100K ids of one ML-1M movie into the smallest id
-    canonical: dict[int, int] = {}
-    first_of: dict[int, int] = {}
-    for mid in sorted(with_poster):
-        canonical[mid] = first_of.setdefault(with_poster[mid], mid)
-    duplicates_merged = sum(1 for mid, c in canonical.items() if mid != c)
+    proto = Protocol(min_rating=POSITIVE_THRESHOLD, min_user=min_positives, min_item=1,
+                     num_negatives=num_negatives, seed=seed, validation=validation)
+    split = protocol_split(r[:, 0], r[:, 1], r[:, 3], r[:, 2], proto, negatives_option="num_negatives",
+                           user_label=lambda key: f"MovieLens-100K user {key}", log=say)
+    c = split.counts
 
-    keep = np.isin(ratings[:, 1], np.fromiter(canonical, dtype=np.int64))
-    poster_ratings = int(keep.sum())
-    r = ratings[keep].copy()
-    r[:, 1] = np.fromiter((canonical[int(i)] for i in r[:, 1]), dtype=np.int64, count=len(r))
-    # One rating per (user, movie): the latest, ties -> the higher rating.
-    order = np.lexsort((r[:, 2], r[:, 3], r[:, 1], r[:, 0]))
-    r = r[order]
-    last = np.ones(len(r), dtype=bool)
-    last[:-1] = (r[1:, 0] != r[:-1, 0]) | (r[1:, 1] != r[:-1, 1])
-    duplicate_ratings = int((~last).sum())
-    r = r[last]
-
-    # ---- implicit positives and the user filter
-    pos = r[r[:, 2] >= POSITIVE_THRESHOLD]
-    pos_users, pos_counts = np.unique(pos[:, 0], return_counts=True)
-    kept_users = pos_users[pos_counts >= min_positives]
-    users_removed = int(len(pos_users) - len(kept_users))
-    pos_kept = pos[np.isin(pos[:, 0], kept_users)]
-    if len(kept_users) == 0:
-        raise DataError(f"{shared}: no user has {min_positives} positive ratings (>= {POSITIVE_THRESHOLD}) on poster movies")
-    item_ids = np.unique(pos_kept[:, 1])  # ascending MovieLens-100K ids
-    user_ids = kept_users  # ascending MovieLens-100K user ids
-    item_new = {int(o): n for n, o in enumerate(item_ids)}
-    user_new = {int(o): n for n, o in enumerate(user_ids)}
-    num_users, num_items = len(user_ids), len(item_ids)
-    say(f"{len(pos)} positives from {len(pos_users)} users on {len(np.unique(pos[:, 1]))} movies; "
-        f"{users_removed} users with fewer than {min_positives} positives removed")
-
-    # ---- leave-one-out split: the latest positive, ties -> the larger item id
-    u_new = np.fromiter((user_new[int(u)] for u in pos_kept[:, 0]), dtype=np.int64, count=len(pos_kept))
-    i_new = np.fromiter((item_new[int(i)] for i in pos_kept[:, 1]), dtype=np.int64, count=len(pos_kept))
-    ts = pos_kept[:, 3]
-    order = np.lexsort((i_new, ts, u_new))  # by user, then timestamp, then item
-    u_new, i_new = u_new[order], i_new[order]
-    is_test = np.ones(len(u_new), dtype=bool)
-    is_test[:-1] = u_new[1:] != u_new[:-1]  # the last row of each user's block
-    test_items = np.empty(num_users, dtype=np.int64)
-    test_items[u_new[is_test]] = i_new[is_test]
-    train = np.stack([u_new[~is_test], i_new[~is_test]], axis=1)
-    train = train[np.lexsort((train[:, 1], train[:, 0]))]
-    items_without_train = int(num_items - len(np.unique(train[:, 1])))
-
-    # ---- negatives: items the user never rated (any rating) among the kept items
-    rated = np.zeros((num_users, num_items), dtype=bool)
-    in_scope = np.isin(r[:, 0], user_ids) & np.isin(r[:, 1], item_ids)
-    for u, i in r[in_scope][:, :2]:
-        rated[user_new[int(u)], item_new[int(i)]] = True
-    unrated_counts = num_items - rated.sum(axis=1)
-    max_negatives = int(unrated_counts.min())
-    if num_negatives is None:
-        num_negatives = max_negatives
-    if num_negatives > max_negatives:
-        worst = int(np.argmin(unrated_counts))
-        raise DataError(
-            f"cannot sample {num_negatives} negatives per user: user {worst} (MovieLens-100K user "
-            f"{int(user_ids[worst])}) rated all but {max_negatives} of the {num_items} items; "
-            f"use num_negatives <= {max_negatives}"
-        )
-    rng = np.random.default_rng(seed)
-    neg_rows = np.empty((num_users, 1 + num_negatives), dtype=np.int64)
-    for u in range(num_users):
-        candidates = np.flatnonzero(~rated[u])
-        neg_rows[u, 0] = test_items[u]
-        neg_rows[u, 1:] = np.sort(rng.choice(candidates, size=num_negatives, replace=False))
-    say(f"{num_users} users, {num_items} items, {len(train)} training pairs, {num_negatives} negatives per user")
-
-    # ---- features
     ml1m_of = {mid: with_poster[mid] for mid in canonical}
-    paths = [str(image_dir / f"{ml1m_of[int(o)]}.jpg") for o in item_ids]
+    paths = [str(shared / "ml1m-posters" / "images" / f"{ml1m_of[int(o)]}.jpg") for o in split.item_keys]
     say(f"extracting features from {len(paths)} posters")
-    feats = np.asarray(extractor(paths, batch_size=batch_size, progress=progress))
-    if feats.ndim != 2 or feats.shape[0] != num_items or feats.shape[1] < 1:
-        raise AmrError(f"feature extractor returned shape {feats.shape}, expected ({num_items}, dim)")
-    if not np.all(np.isfinite(feats)):
-        raise AmrError("feature extractor returned non-finite values")
-    with np.errstate(over="ignore"):
-        feats16 = feats.astype(np.float16)
-    if not np.all(np.isfinite(feats16)):
-        raise AmrError("features overflow float16 (|value| > 65504); scale them before storing")
+    feats16 = _features(extractor, paths, batch_size, progress)
 
-    # ---- write everything into a temporary directory, then move it into place
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        os.chmod(tmp_dir, 0o777 & ~UMASK)  # mkdtemp makes it private; the dataset is not
-        (tmp_dir / "pos.txt").write_text("".join(f"{u} {i}\n" for u, i in train.tolist()), encoding="ascii")
-        (tmp_dir / "neg.txt").write_text(
-            "".join(" ".join(map(str, row)) + "\n" for row in neg_rows.tolist()), encoding="ascii"
-        )
-        with open(tmp_dir / FEATURE_FILE, "wb") as fh:
-            np.save(fh, feats16, allow_pickle=False)
-        item_lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
-        for n, o in enumerate(item_ids.tolist()):
-            title = ml100k[o].replace("\t", " ")
-            item_lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
-        (tmp_dir / "items.tsv").write_text("".join(item_lines), encoding="utf-8")
-        (tmp_dir / "users.tsv").write_text(
-            "user\tml100k_id\n" + "".join(f"{n}\t{o}\n" for n, o in enumerate(user_ids.tolist())), encoding="ascii"
-        )
-        report = BuildReport(
-            out_dir=out_dir,
-            ml100k_movies=len(ml100k),
-            ml1m_movies=len(ml1m),
-            ml100k_users=int(len(np.unique(ratings[:, 0]))),
-            match_tiers=tiers,
-            matched_movies=len(matched),
-            poster_movies=len(with_poster),
-            poster_ratings=poster_ratings,
-            duplicate_ids_merged=duplicates_merged,
-            duplicate_ratings_collapsed=duplicate_ratings,
-            positive_interactions=int(len(pos)),
-            positive_users=int(len(pos_users)),
-            positive_items=int(len(np.unique(pos[:, 1]))),
-            min_positives=min_positives,
-            users_removed=users_removed,
-            positives_removed=int(len(pos) - len(pos_kept)),
-            num_users=num_users,
-            num_items=num_items,
-            train_pairs=int(len(train)),
-            test_pairs=num_users,
-            items_without_train_positive=items_without_train,
-            num_negatives=int(num_negatives),
-            max_negatives=max_negatives,
-            seed=int(seed),
-            feature_dim=int(feats16.shape[1]),
-            feature_description=feature_description,
-            batch_size=int(batch_size),
-            files={},
-        )
-        (tmp_dir / "stats.json").write_text(json.dumps(report.stats(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for name in DATA_FILES:
-            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
-        merged = sorted((mid, c) for mid, c in canonical.items() if mid != c)
-        (tmp_dir / "README.md").write_text(_dataset_card(report, merged, ml100k), encoding="utf-8")
-        for name in OUTPUT_FILES:
-            with open(tmp_dir / name, "rb+") as fh:
-                os.fsync(fh.fileno())
-        _install(tmp_dir, out_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+    report = BuildReport(
+        out_dir=out_dir,
+        ml100k_movies=len(ml100k),
+        ml1m_movies=len(ml1m),
+        ml100k_users=int(len(np.unique(ratings[:, 0]))),
+        match_tiers=tiers,
+        matched_movies=len(matched),
+        poster_movies=len(with_poster),
+        poster_ratings=int(len(r)),
+        duplicate_ids_merged=sum(1 for mid, k in canonical.items() if mid != k),
+        duplicate_ratings_collapsed=c["duplicates_collapsed"],
+        positive_interactions=c["positive_interactions"],
+        positive_users=c["positive_users"],
+        positive_items=c["positive_items"],
+        min_positives=proto.effective_min_user,
+        users_removed=c["users_removed"],
+        positives_removed=c["positives_removed"],
+        num_users=c["num_users"],
+        num_items=c["num_items"],
+        train_pairs=c["train_pairs"],
+        test_pairs=c["test_pairs"],
+        items_without_train_positive=c["items_without_train_positive"],
+        num_negatives=c["num_negatives"],
+        max_negatives=c["max_negatives"],
+        seed=int(seed),
+        feature_dim=int(feats16.shape[1]),
+        feature_description=feature_description,
+        batch_size=int(batch_size),
+        files={},
+        validation_pairs=c["validation_pairs"],
+    )
+    _write(out_dir, report, split, feats16, ml100k, ml1m_of, canonical)
     say(f"wrote {out_dir}")
     return report
 
@@ -775,6 +701,7 @@ def build(
 _FILE_DESCRIPTIONS = {
     "pos.txt": "training pairs `user item`, 0-based, sorted by user then item",
     "neg.txt": "row u = user u: test item, then the sampled negatives (ascending)",
+    VAL_FILE: "row u = user u: validation item, then the sampled negatives (ascending)",
     FEATURE_FILE: "poster features, row i = item i, float16",
     "items.tsv": "item id, MovieLens-100K id, MovieLens-1M id, MovieLens-100K title",
     "users.tsv": "user id, MovieLens-100K user id",
@@ -804,6 +731,14 @@ def _dataset_card(report: BuildReport, merged: Sequence[tuple[int, int]], titles
         for name, info in rp.files.items()
     )
     density = rp.train_pairs / (rp.num_users * rp.num_items)
+    # Validation (opt-in) adds text only when present: the default card is the shipped one.
+    val = rp.validation_pairs > 0
+    val_row = f"| validation pairs (one per user, `val.txt`) | {rp.validation_pairs:,} |\n" if val else ""
+    val_held = " plus one for validation" if val else ""
+    val_split = (" The second latest positive (same tie rule) is the validation item, the first number of "
+                 "the user's row in `val.txt`." if val else "")
+    val_neg = " The `val.txt` rows are drawn the same way, after all `neg.txt` rows." if val else ""
+    val_flag = " --validation" if val else ""
     return f"""# MovieLens-100K with movie-poster features (AMR directory format)
 
 Implicit-feedback MovieLens-100K restricted to movies that have a poster, with one CNN feature
@@ -818,7 +753,7 @@ System.* IEEE TKDE 2019). Generated by `python -m amr_tf.datasets.build_movielen
 | items | {rp.num_items:,} |
 | training pairs (`pos.txt`) | {rp.train_pairs:,} |
 | test pairs (one per user) | {rp.test_pairs:,} |
-| negatives per user (`neg.txt`) | {rp.num_negatives} |
+{val_row}| negatives per user (`neg.txt`) | {rp.num_negatives} |
 | training density | {density:.4f} |
 | items with no training positive (test only) | {rp.items_without_train_positive} |
 | feature dimension | {rp.feature_dim} |
@@ -877,7 +812,7 @@ Load with `amr_tf.data.dataset.load_amr_dir(<this folder>, cnn="effnet")`.
    {rp.positive_interactions:,} positives from {rp.positive_users:,} users on
    {rp.positive_items:,} movies ({rp.ml100k_users - rp.positive_users} of the {rp.ml100k_users:,}
    MovieLens-100K users have no positive on a poster movie and drop out here).
-4. **User filter**: a user needs at least {rp.min_positives} positives (one held out for testing,
+4. **User filter**: a user needs at least {rp.min_positives} positives (one held out for testing{val_held},
    at least one left for training); {rp.users_removed} users with fewer were removed with their
    {rp.positives_removed} positives. Items are the movies with at least one positive among the
    remaining users.
@@ -885,10 +820,10 @@ Load with `amr_tf.data.dataset.load_amr_dir(<this folder>, cnn="effnet")`.
    MovieLens-100K movie id (`users.tsv`, `items.tsv`).
 6. **Split (leave-one-out by time)**: each user's latest positive (largest timestamp; ties go to
    the larger item id) is the test item, the first number of the user's row in `neg.txt`; all
-   other positives are training pairs in `pos.txt`.
+   other positives are training pairs in `pos.txt`.{val_split}
 7. **Negatives**: each `neg.txt` row continues with distinct items the user never rated at any
    rating value (among this data set's items), drawn uniformly without replacement with
-   `numpy.random.default_rng({rp.seed})`, users in order, then sorted ascending. Count:
+   `numpy.random.default_rng({rp.seed})`, users in order, then sorted ascending.{val_neg} Count:
    {neg_choice} A fixed count keeps every row the same length, as the AMR evaluation requires
    (taking all never-rated items would give rows of unequal length); with hundreds of negatives
    rather than the 99 of NCF-style protocols, sampled HR/NDCG track full-ranking metrics more
@@ -901,7 +836,7 @@ Load with `amr_tf.data.dataset.load_amr_dir(<this folder>, cnn="effnet")`.
 
 ```
 python -m amr_tf.datasets.build_movielens_posters --shared <folder with ml-100k/, ml-1m/, ml1m-posters/> \\
-    --seed {rp.seed} --negatives {rp.num_negatives} --batch-size {rp.batch_size}
+    --seed {rp.seed} --negatives {rp.num_negatives} --batch-size {rp.batch_size}{val_flag}
 ```
 
 Rebuilding from the same inputs gives byte-identical files, given the same NumPy random stream

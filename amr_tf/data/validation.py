@@ -1,0 +1,73 @@
+"""Carve a validation split out of the training pairs of a dataset that has none (``holdout``).
+
+For an original-format directory without ``val.txt`` (the original release's data has no
+validation split), :func:`carve_holdout` holds out one training pair per user, so that epochs and
+hyper-parameters can be chosen without looking at the test items:
+
+* users: every user with at least two distinct training items (one to validate, at least one left
+  to train on); users with fewer keep all their pairs and have no validation row;
+* the pair: one of the user's distinct training items, uniformly at random (pos.txt carries no
+  timestamps, so "the latest" is not available), every ``pos.txt`` line of that (user, item) pair
+  leaves the training set;
+* negatives: as many as ``neg.txt`` has per row, distinct, drawn uniformly without replacement
+  from the items the user has no training pair with (before the hold-out) and that are not the
+  user's test item, then sorted ascending;
+* randomness: one ``numpy.random.default_rng(seed)``, users in ascending order, for each user
+  first the item, then the negatives.
+
+The result's ``validation`` label is ``"holdout(seed=S)"``; it and the validation rows enter the
+dataset's fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from amr_tf.errors import DataError
+
+__all__ = ["carve_holdout"]
+
+
+def carve_holdout(ds, seed: int = 0):
+    """A copy of ``ds`` (an :class:`~amr_tf.data.dataset.AmrDataset` without validation split)
+    with one validation pair per eligible user moved out of ``train_pairs`` (module docstring)."""
+    if ds.validation_candidates is not None:
+        raise DataError(f"{ds.name}: already has a validation split ({ds.validation})")
+    n_neg = ds.test_candidates.shape[1] - 1
+    train = ds.train_matrix  # distinct training items per user, sorted
+    rng = np.random.default_rng(seed)
+    tests = ds.test_candidates[:, 0]
+    users, rows = [], []
+    taken = np.zeros(ds.num_items, dtype=bool)
+    for u in range(ds.num_users):
+        items = train.indices[train.indptr[u]:train.indptr[u + 1]]
+        if len(items) < 2:
+            continue
+        held = int(items[rng.integers(len(items))])
+        taken[items] = True
+        if u < len(tests):
+            taken[tests[u]] = True
+        pool = np.flatnonzero(~taken)
+        taken[items] = False
+        if u < len(tests):
+            taken[tests[u]] = False
+        if len(pool) < n_neg:
+            raise DataError(
+                f"{ds.name}: --validation holdout: user {u} has only {len(pool)} items outside its training "
+                f"and test items, fewer than the {n_neg} negatives per row of neg.txt"
+            )
+        users.append(u)
+        rows.append(np.concatenate([[held], np.sort(rng.choice(pool, size=n_neg, replace=False))]))
+    if not users:
+        raise DataError(f"{ds.name}: --validation holdout: no user has two distinct training items to hold one out")
+    val = np.asarray(rows, dtype=np.int64).reshape(len(users), 1 + n_neg)
+    val_users = np.asarray(users, dtype=np.int64)
+    held_key = val_users * ds.num_items + val[:, 0]
+    pair_key = ds.train_pairs[:, 0] * ds.num_items + ds.train_pairs[:, 1]
+    kept = ds.train_pairs[~np.isin(pair_key, held_key)]
+    return dataclasses.replace(
+        ds, train_pairs=kept, validation_candidates=val, validation_users=val_users,
+        validation=f"holdout(seed={seed})",
+    )
