@@ -9,6 +9,9 @@ wraps TensorFlow's import: file descriptor 2 is captured while TensorFlow loads 
 devices, and replayed with only the known, harmless start-up lines removed (anything else, such
 as a real error, still reaches stderr). It imports nothing heavy itself.
 
+It also makes ``keras.models.load_model`` find amr_tf's models after a bare ``import amr_tf``:
+when Keras is imported, :mod:`amr_tf.models` (which registers them) is imported right after it.
+
 Set ``AMR_TF_VERBOSE_TF=1`` (or pass ``--verbose-tf`` to the CLI before TensorFlow is loaded)
 to keep TensorFlow's output untouched.
 """
@@ -64,53 +67,79 @@ def filtered_stderr():
                 os.write(2, "".join(kept).encode())
 
 
-class _QuietLoader(importlib.abc.Loader):
-    """Runs TensorFlow's own loader inside :func:`filtered_stderr`, then probes the devices there too."""
+class _WrappedLoader(importlib.abc.Loader):
+    """Runs a module's own loader through ``hook.run(exec_module, module)``, then retires the hook."""
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, hook):
+        self.loader, self.hook = loader, hook
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        with filtered_stderr():
-            self.loader.exec_module(module)
-            # The CUDA probe ("failed call to cuInit") runs on the first device query; do it here,
-            # where it is filtered. Listing physical devices leaves them configurable afterwards.
-            module.config.list_physical_devices()
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self.hook)
+        self.hook.run(self.loader.exec_module, module)
 
 
-class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` with the next finders on ``sys.meta_path`` and wraps its loader (once)."""
+def _quiet_tensorflow(exec_module, module) -> None:
+    with filtered_stderr():
+        exec_module(module)
+        # The CUDA probe ("failed call to cuInit") runs on the first device query; do it here,
+        # where it is filtered. Listing physical devices leaves them configurable afterwards.
+        module.config.list_physical_devices()
+
+
+def _register_models(exec_module, module) -> None:
+    exec_module(module)
+    # amr_tf's Keras classes register themselves on import: with them registered whenever Keras
+    # is, ``keras.models.load_model("m.keras")`` works after a bare ``import amr_tf``.
+    importlib.import_module("amr_tf.models")
+
+
+class _ImportHook(importlib.abc.MetaPathFinder):
+    """Finds one top-level module with the other finders on ``sys.meta_path`` and wraps its loader."""
+
+    def __init__(self, name: str, run):
+        self.name, self.run = name, run
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        # (A spec may be asked for without an import -- importlib.util.find_spec -- so the hook
+        # stays until its wrapped loader actually runs.)
+        if name != self.name or name in sys.modules:
             return None
-        sys.meta_path.remove(self)
-        for finder in sys.meta_path:
+        for finder in [f for f in sys.meta_path if f is not self]:
             spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _QuietLoader(spec.loader)
+                    spec.loader = _WrappedLoader(spec.loader, self)
                 return spec
         return None
 
 
+def _install(name: str, run) -> None:
+    if name not in sys.modules and not any(isinstance(f, _ImportHook) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _ImportHook(name, run))
+
+
 def configure() -> None:
-    """Quiet TensorFlow's start-up unless :func:`verbose_tf`; a no-op once TensorFlow is imported."""
+    """Quiet TensorFlow's start-up unless :func:`verbose_tf` (a no-op once TensorFlow is imported),
+    and register amr_tf's Keras classes whenever Keras is imported."""
+    if "keras" in sys.modules:
+        importlib.import_module("amr_tf.models")  # Keras is loaded already: registering costs little
+    else:
+        _install("keras", _register_models)
     if verbose_tf() or "tensorflow" in sys.modules:
         return
     global _set_level
     if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:  # INFO and WARNING from TensorFlow's C++ after start-up
         os.environ["TF_CPP_MIN_LOG_LEVEL"], _set_level = "2", True
-    if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+    _install("tensorflow", _quiet_tensorflow)
 
 
 def unconfigure() -> None:
     """Undo :func:`configure` before TensorFlow is imported (the CLI's ``--verbose-tf``)."""
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowFinder)]
+    sys.meta_path[:] = [f for f in sys.meta_path if not (isinstance(f, _ImportHook) and f.name == "tensorflow")]
     global _set_level
     if _set_level:
         os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
