@@ -3,6 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import amr_tf  # noqa: F401 -- first, before any test module imports Keras: quiets TensorFlow's start-up
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -41,10 +43,12 @@ SLOW_TESTS = {
     "test_pixel_attack.py",  # EfficientNet-Lite0 attacks through the recommender (~150 s)
     "test_training.py::test_vbpr_beats_mf_and_learns_on_synthetic_data",
     "test_reliability.py::test_sigkill_at_random_moments_then_resume_equals_uninterrupted",
-    # These three share the module fixture 'runs' (three full CLI runs, ~100 s).
+    # These share the module fixture 'runs' (three full CLI runs, ~100 s).
     "test_reliability.py::test_two_seeded_runs_are_bit_identical",
     "test_reliability.py::test_resumed_run_equals_uninterrupted_run_bit_for_bit",
     "test_reliability.py::test_metrics_json_records_provenance",
+    "test_reliability.py::test_resume_keeps_the_configuration_and_the_dataset",
+    "test_reliability.py::test_resume_messages",
     "test_reliability.py::test_nan_in_a_later_epoch_never_overwrites_the_checkpoint",
     "test_benchmarks.py::test_quick_benchmark_runs_and_prints_the_tables",
     "test_cli.py::test_pretrained_vbpr_then_amr",
