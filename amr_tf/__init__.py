@@ -15,10 +15,6 @@ Importing the package quiets TensorFlow's native start-up messages (see :mod:`am
 ``AMR_TF_VERBOSE_TF=1`` keeps them).
 """
 
-from amr_tf import _startup
-
-_startup.configure()
-
 __version__ = "0.1.0"
 
 # Public name -> the module defining it (imported lazily by __getattr__).
@@ -63,3 +59,9 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+# Last, once the names above exist (it may import amr_tf.models when Keras is loaded already).
+from amr_tf import _startup  # noqa: E402
+
+_startup.configure()

@@ -81,6 +81,13 @@ for argv in (["--help"], ["train", "--help"], ["evaluate", "--help"]):
         assert exc.code == 0
 heavy = sorted(m for m in ("tensorflow", "keras", "h5py") if m in sys.modules)
 print("HEAVY", heavy)
+hooked = lambda: [f.name for f in sys.meta_path if type(f).__name__ == "_ImportHook"]
+assert "tensorflow" in hooked()
+try:
+    main(["--verbose-tf", "train", "--help"])  # --verbose-tf: TensorFlow's own output, untouched
+except SystemExit:
+    pass
+assert "tensorflow" not in hooked() and "keras" in hooked(), hooked()
 """
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr
