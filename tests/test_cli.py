@@ -83,10 +83,8 @@ heavy = sorted(m for m in ("tensorflow", "keras", "h5py") if m in sys.modules)
 print("HEAVY", heavy)
 hooked = lambda: [f.name for f in sys.meta_path if type(f).__name__ == "_ImportHook"]
 assert "tensorflow" in hooked()
-try:
-    main(["--verbose-tf", "train", "--help"])  # --verbose-tf: TensorFlow's own output, untouched
-except SystemExit:
-    pass
+# --verbose-tf: TensorFlow's own output, untouched (a command that fails before loading TensorFlow)
+assert main(["--verbose-tf", "convert-original", "no-such-file.npy", "--out", "x"]) == 2
 assert "tensorflow" not in hooked() and "keras" in hooked(), hooked()
 """
     proc = _run(code)
