@@ -1,10 +1,8 @@
-"""``python -m amr_tf``: see ``amr_tf.cli``."""
+"""``python -m amr_tf`` (and the ``amr-tf`` console script): see ``amr_tf.cli``."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
+from amr_tf.cli import main  # importing amr_tf quiets TensorFlow's start-up (amr_tf._startup)
 
-from amr_tf.cli import main  # noqa: E402
-
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,17 +1,16 @@
-"""Keras callbacks: periodic evaluation written to TensorBoard, best/last checkpoints, a NaN guard."""
+"""Keras callbacks: periodic evaluation (its bookkeeping in :mod:`amr_tf.run_record`) and a NaN guard."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from amr_tf.checkpoints import non_finite_weights, save_checkpoint
+from amr_tf.checkpoints import non_finite_weights
 from amr_tf.errors import TrainingDivergedError
 from amr_tf.evaluation import DEFAULT_KS, evaluate, format_metrics
+from amr_tf.run_record import EvaluationHistory, RunCheckpoints, ScalarLog
 
 LOSS_NAMES = ("loss", "bpr_loss", "adv_loss")
 
@@ -69,12 +68,16 @@ class NonFiniteGuard(keras.callbacks.Callback):
 class EvaluationCallback(keras.callbacks.Callback):
     """Every ``every`` epochs: evaluate, log HR/NDCG and the losses to TensorBoard, checkpoint.
 
-    Scalars go to ``logdir`` (``tf.summary``, step = epoch number); the losses are written every
-    epoch, the metrics every ``every`` epochs and after the last epoch. With ``checkpoint_dir``,
-    ``best`` (by ``monitor``, default NDCG@10) and ``last`` checkpoints are kept there; with
-    ``save_every``, ``last`` is also written every ``save_every`` epochs between evaluations (a
-    cheap checkpoint to resume from; its manifest has ``epoch`` but no ``metrics``). The metrics
-    are also added to the epoch's ``logs`` so that History and other callbacks see them.
+    The thin Keras side of a run's bookkeeping (:mod:`amr_tf.run_record`): it decides *when*
+    (every ``every`` epochs and after the last one; ``last`` also every ``save_every`` epochs in
+    between, a cheap checkpoint to resume from whose manifest has ``epoch`` but no ``metrics``)
+    and hands the results to an :class:`~amr_tf.run_record.EvaluationHistory` (best by
+    ``monitor``, default NDCG@10), a :class:`~amr_tf.run_record.ScalarLog` (``logdir``; losses
+    every epoch as ``train/<loss>``, metrics at evaluations, step = epochs done) and
+    :class:`~amr_tf.run_record.RunCheckpoints` (``checkpoint_dir``: ``best`` and ``last``). The
+    metrics are also added to the epoch's ``logs`` so that History and the callbacks after this
+    one see them. For metrics that every callback sees in any order, use
+    ``fit(..., validation_data=...)`` (``val_HR@10``, ...; :mod:`amr_tf.metrics`).
     """
 
     def __init__(self, dataset, every: int = 1, logdir=None, checkpoint_dir=None, ks=DEFAULT_KS,
@@ -82,41 +85,35 @@ class EvaluationCallback(keras.callbacks.Callback):
                  save_every: int | None = None):
         super().__init__()
         self.dataset, self.every, self.ks = dataset, max(1, int(every)), tuple(ks)
-        self.monitor, self.protocol, self.print_fn = monitor, protocol, print_fn
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.protocol, self.print_fn = protocol, print_fn
         self.save_every = None if not save_every else int(save_every)
-        self.writer = None if logdir is None else tf.summary.create_file_writer(str(logdir))
-        self.manifest_extra = dict(manifest_extra or {})
-        self.best = -math.inf
-        self.best_epoch = None
-        self.history: list[dict] = []
+        self.evaluations = EvaluationHistory(monitor)
+        self.scalars = None if logdir is None else ScalarLog(logdir)
+        self.checkpoints = None if checkpoint_dir is None else RunCheckpoints(checkpoint_dir, dataset, manifest_extra)
         self._final_epoch = None
+
+    # The run's record, as attributes (the CLI and the reproduction scripts read them).
+    monitor = property(lambda self: self.evaluations.monitor)
+    history = property(lambda self: self.evaluations.records)
+    best = property(lambda self: self.evaluations.best)
+    best_epoch = property(lambda self: self.evaluations.best_epoch)
 
     def restore(self, best_manifest: dict | None) -> None:
         """Carry the best score over from a resumed run's ``best`` checkpoint manifest."""
-        metrics = (best_manifest or {}).get("metrics") or {}
-        if self.monitor in metrics:
-            self.best, self.best_epoch = float(metrics[self.monitor]), best_manifest.get("epoch")
-
-    def _save(self, name: str, epoch: int, **extra) -> None:
-        save_checkpoint(self.model, self.checkpoint_dir / name, self.dataset,
-                        **{**self.manifest_extra, "epoch": epoch, **extra})
+        self.evaluations.restore(best_manifest)
 
     def evaluate_now(self, epoch: int, logs=None) -> dict:
+        """Evaluate the model now and record it as epoch ``epoch`` (the CLI also calls this before training)."""
         metrics = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol)
-        self.history.append({"epoch": epoch, **metrics})
-        if self.writer is not None:
-            with self.writer.as_default(step=epoch):
-                for name, value in metrics.items():
-                    tf.summary.scalar(name, value)
+        improved = self.evaluations.add(epoch, metrics)
+        if self.scalars is not None:
+            self.scalars.write(epoch, metrics)
         if self.print_fn is not None:
             self.print_fn(f"epoch {epoch}: {format_metrics(metrics)}")
-        if self.checkpoint_dir is not None:
-            self._save("last", epoch, metrics=metrics)
-            if metrics[self.monitor] > self.best:
-                self._save("best", epoch, metrics=metrics)
-        if metrics[self.monitor] > self.best:
-            self.best, self.best_epoch = metrics[self.monitor], epoch
+        if self.checkpoints is not None:
+            self.checkpoints.save("last", self.model, epoch, metrics=metrics)
+            if improved:
+                self.checkpoints.save("best", self.model, epoch, metrics=metrics)
         if logs is not None:
             logs.update(metrics)
         return metrics
@@ -126,16 +123,13 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1  # epochs completed so far
-        if self.writer is not None and logs:
-            with self.writer.as_default(step=done):
-                for name in LOSS_NAMES:
-                    if name in logs:
-                        tf.summary.scalar(f"train/{name}", float(logs[name]))
+        if self.scalars is not None and logs:
+            self.scalars.write(done, {name: logs[name] for name in LOSS_NAMES if name in logs}, prefix="train/")
         if done % self.every == 0 or done == self._final_epoch:
             self.evaluate_now(done, logs)
-        elif self.checkpoint_dir is not None and self.save_every and done % self.save_every == 0:
-            self._save("last", done)
+        elif self.checkpoints is not None and self.save_every and done % self.save_every == 0:
+            self.checkpoints.save("last", self.model, done)
 
     def on_train_end(self, logs=None):
-        if self.writer is not None:
-            self.writer.flush()
+        if self.scalars is not None:
+            self.scalars.flush()

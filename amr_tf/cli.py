@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from amr_tf import pretrained
 from amr_tf.errors import AmrError
 
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off"}
@@ -104,7 +105,10 @@ def add_dataset_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Building the parser imports no TensorFlow: ``--help`` answers at once (tests/test_cli.py holds it).
     parser = argparse.ArgumentParser(prog="python -m amr_tf", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose-tf", action="store_true",
+                        help="show TensorFlow's native start-up log lines (hidden by default; also AMR_TF_VERBOSE_TF=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train AMR, VBPR, MF-BPR (or score Popularity) and evaluate")
@@ -124,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--verbose", type=positive_int, default=5, help="evaluate every N epochs")
     t.add_argument("--weight_dir", default=None, help="where checkpoints go (default runs/<dataset>-<model>-<time>)")
     t.add_argument("--logdir", default=None, help="TensorBoard log directory (default <weight_dir>/logs)")
-    t.add_argument("--pretrained", default=None,
-                   help="initialise from a checkpoint (NAME or NAME.weights.h5) or an original-release .npy")
+    t.add_argument("--pretrained", default=None, type=pretrained.resolve,
+                   help="initialise from a checkpoint (NAME or NAME.weights.h5), a shipped one by name "
+                        f"({', '.join(pretrained.names())}) or an original-release .npy")
     t.add_argument("--seed", type=seed_int, default=0,
                    help="seeds initialisation, sampling and the random adversary; with it a CPU run is "
                         "bit-for-bit repeatable (TensorFlow op determinism)")
@@ -145,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a saved checkpoint (or Popularity) on a dataset")
     add_dataset_flags(e)
-    e.add_argument("checkpoint", nargs="?", help="checkpoint NAME, NAME.weights.h5, or an original .npy")
+    e.add_argument("checkpoint", nargs="?", type=pretrained.resolve,
+                   help="checkpoint NAME, NAME.weights.h5, a shipped checkpoint's name, or an original .npy")
     e.add_argument("--model", default=None, type=str.upper, help="POP to evaluate the popularity baseline; "
                    "VBPR/MFBPR when the checkpoint is an original-release .npy")
     e.add_argument("--emb1_K", type=positive_int, default=64)
@@ -339,7 +345,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
 
 
 def _config(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv")}
+    return {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv", "verbose_tf")}
 
 
 def cmd_train(args) -> int:
@@ -584,6 +590,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose_tf:
+        from amr_tf import _startup
+
+        _startup.unconfigure()  # before any handler imports TensorFlow
     args._argv = argv
     args._explicit = _explicit_dests(argv)
     try:

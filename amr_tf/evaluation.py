@@ -49,6 +49,15 @@ def metrics_from_ranks(ranks, ks=DEFAULT_KS) -> dict:
     return out
 
 
+def candidate_ranks(cand_scores):
+    """0-based rank of column 0 among each row's candidates: how many others score at least as high.
+
+    The project's one rank definition (ties count against the positive, as the original), used by
+    the vectorised evaluation below and by the Keras metrics' ``test_step`` (:mod:`amr_tf.metrics`).
+    """
+    return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
+
+
 def _rank_chunk(user_vecs, item_vecs, candidates, train=None, gather=False):
     """Ranks of column 0 of ``candidates`` (sampled) or of it among all items but ``train`` (full).
 
@@ -61,7 +70,7 @@ def _rank_chunk(user_vecs, item_vecs, candidates, train=None, gather=False):
         else:
             scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
             cand_scores = tf.gather(scores, candidates, batch_dims=1)
-        return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
+        return candidate_ranks(cand_scores)
     scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
     # Items scoring at least the positive, minus the user's training items among them (masking by
     # subtraction: only the sparse training entries are looked at, no users x items mask is built),

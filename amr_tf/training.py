@@ -11,6 +11,7 @@ import tensorflow as tf
 from amr_tf.callbacks import NonFiniteGuard
 from amr_tf.data import TripletSampler, triplet_dataset
 from amr_tf.errors import AmrError
+from amr_tf.metrics import candidate_dataset
 from amr_tf.models import AMR, MFBPR, VBPR, Popularity
 
 MODEL_NAMES = ("AMR", "VBPR", "MFBPR", "POP")
@@ -26,7 +27,8 @@ def build_model(name: str, dataset, embed_dim=64, regs=(0.1, 1e-3, 0.0), learnin
     name = name.upper()
     if name in ("POP", "POPULARITY"):
         return Popularity.from_dataset(dataset)
-    common = dict(embed_dim=embed_dim, regs=regs, seed=seed, **kwargs)
+    # The dataset's training pairs are the seen items that recommend() / export() exclude.
+    common = dict({"seen_items": dataset.train_matrix}, embed_dim=embed_dim, regs=regs, seed=seed, **kwargs)
     if name in ("MF", "MFBPR", "BPR"):
         model = MFBPR(dataset.num_users, dataset.num_items, learning_rates=tuple(learning_rates)[:2], **common)
     elif name == "VBPR":
@@ -42,12 +44,19 @@ def build_model(name: str, dataset, embed_dim=64, regs=(0.1, 1e-3, 0.0), learnin
 
 
 def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initial_epoch: int = 0,
-        callbacks=(), verbose="auto", exclude_cold_start: bool = True):
+        callbacks=(), verbose="auto", exclude_cold_start: bool = True, validation_data=None,
+        validation_freq: int = 1):
     """Train with BPR triplets sampled afresh each epoch (``TripletSampler``) through ``model.fit``.
 
     Epoch ``e``'s triplets depend only on ``(seed, e)``, so ``initial_epoch`` resumes exactly.
     A NaN or infinite loss raises ``TrainingDivergedError`` at the end of that epoch.
+    ``validation_data`` -- a ``(users, candidates)`` pair of arrays (the positive in column 0) or
+    a dataset from :func:`amr_tf.metrics.candidate_dataset` -- is evaluated every
+    ``validation_freq`` epochs by the model's ``test_step``: ``val_HR@10``, ``val_NDCG@10``, ...
+    are then in the logs every callback sees.
     """
+    if validation_data is not None and isinstance(validation_data, (tuple, list)):
+        validation_data = candidate_dataset(*validation_data)
     if epochs < initial_epoch:
         raise AmrError(f"epochs ({epochs}) must be >= initial_epoch ({initial_epoch})")
     if batch_size <= 0:
@@ -65,6 +74,8 @@ def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initi
             callbacks=list(callbacks),
             verbose=verbose,
             shuffle=False,
+            validation_data=validation_data,
+            validation_freq=validation_freq,
         )
 
 

@@ -38,12 +38,13 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
+from amr_tf import pretrained  # noqa: E402
 from amr_tf.errors import AmrError  # noqa: E402
 from amr_tf.io import atomic_path, atomic_write_text  # noqa: E402
 from amr_tf.safe_io import read_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PRETRAINED_DIR = ROOT / "pretrained"
+PRETRAINED_DIR = pretrained.DIR  # the checkpoints shipped in the package
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 KS = (5, 10, 20)
 ROBUSTNESS_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -402,7 +403,7 @@ def _pretrained_settings(path: Path) -> tuple[dict, dict]:
 
 
 def default_pretrained(dataset) -> Path | None:
-    """``pretrained/vbpr-<name>``, or any ``pretrained/vbpr-*`` checkpoint, trained on this dataset (fingerprint)."""
+    """``amr_tf/pretrained/vbpr-<name>``, or any ``amr_tf/pretrained/vbpr-*`` checkpoint, trained on this dataset (fingerprint)."""
     from amr_tf.checkpoints import read_manifest
 
     named = PRETRAINED_DIR / f"vbpr-{dataset.name}.weights.h5"

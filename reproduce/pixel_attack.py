@@ -44,13 +44,14 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
+from amr_tf import pretrained  # noqa: E402
 from amr_tf.errors import AmrError, DataError  # noqa: E402
 from amr_tf.io import atomic_path, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "ml1m-posters" / "images"
-DEFAULT_MODELS = {"VBPR": ROOT / "pretrained" / "vbpr-movielens-posters",
-                  "AMR": ROOT / "pretrained" / "amr-movielens-posters"}
+DEFAULT_MODELS = {"VBPR": pretrained.DIR / "vbpr-movielens-posters",
+                  "AMR": pretrained.DIR / "amr-movielens-posters"}
 KS = (10,)
 QUICK = dict(max_items=2, eps=(8.0,), steps=1, targeted_items=1, figure_items=2)
 FULL = dict(max_items=64, eps=(1.0, 2.0, 4.0, 8.0), steps=10, targeted_items=4, figure_items=4)

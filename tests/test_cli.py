@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from amr_tf.cli import build_parser, main
 
@@ -54,3 +55,63 @@ def test_bad_dataset_reports_error_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"error: {tmp_path / 'pos.txt'}, line 2: 'oops' is not an integer id" in err
+
+
+def _run(code, **env):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    environ = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "AMR_TF_VERBOSE_TF")}
+    environ.update(PYTHONPATH=str(root), **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, cwd=root)
+
+
+def test_help_does_not_import_tensorflow():
+    """--help (top level and train) answers without TensorFlow: building the parser must stay light."""
+    code = """
+import sys
+from amr_tf.cli import main
+for argv in (["--help"], ["train", "--help"], ["evaluate", "--help"]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code == 0
+heavy = sorted(m for m in ("tensorflow", "keras", "h5py") if m in sys.modules)
+print("HEAVY", heavy)
+hooked = lambda: [f.name for f in sys.meta_path if type(f).__name__ == "_ImportHook"]
+assert "tensorflow" in hooked()
+# --verbose-tf: TensorFlow's own output, untouched (a command that fails before loading TensorFlow)
+assert main(["--verbose-tf", "convert-original", "no-such-file.npy", "--out", "x"]) == 2
+assert "tensorflow" not in hooked(), hooked()
+"""
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "--pretrained" in proc.stdout and "HEAVY []" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_is_quiet_unless_asked():
+    code = "import amr_tf; amr_tf.AMR; import tensorflow as tf; print(float(tf.constant(2.0) + 1))"
+    quiet = _run(code)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "3.0"
+    assert quiet.stderr == "", quiet.stderr
+    loud = _run(code, AMR_TF_VERBOSE_TF="1")
+    assert loud.returncode == 0
+    if "InitializeLog" not in loud.stderr:  # a TensorFlow build that says nothing at start-up
+        pytest.skip("this TensorFlow prints no start-up lines; nothing to filter")
+
+
+def test_filtered_stderr_keeps_real_messages(capfd):
+    import os
+
+    from amr_tf._startup import filtered_stderr
+
+    with filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796171551.842545    6631 cudart_stub.cc:31] Could not find cuda drivers\n")
+        os.write(2, b"E0000 00:00:1796171551.842545    6631 something_else.cc:12] a real problem\n")
+    err = capfd.readouterr().err
+    assert "a real problem" in err and "cudart_stub" not in err and "InitializeLog" not in err

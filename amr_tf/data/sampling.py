@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from amr_tf.data.dataset import AmrDataset
 from amr_tf.errors import DataError
@@ -64,7 +63,7 @@ class TripletSampler:
         return -(-self.num_triplets // batch_size)
 
 
-def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int = 0) -> tf.data.Dataset:
+def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int = 0) -> "tf.data.Dataset":
     """An endless, prefetched ``tf.data`` stream of batches, epoch after epoch from ``initial_epoch``.
 
     Use with ``model.fit(ds, epochs=..., steps_per_epoch=sampler.steps_per_epoch(batch_size),
@@ -75,6 +74,8 @@ def triplet_dataset(sampler: TripletSampler, batch_size: int, initial_epoch: int
     taken per batch while the model trains), and the batches are exactly
     ``sampler.batches(epoch, batch_size)``.
     """
+    import tensorflow as tf  # here, not at the top: the CLI's --help imports amr_tf.data without TensorFlow
+
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     n = sampler.num_triplets

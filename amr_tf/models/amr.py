@@ -38,9 +38,29 @@ class AMR(VBPR):
     before it is normalised, so ``Delta`` is the one a single device would compute.
     """
 
-    def __init__(self, num_users, num_items, features, eps=0.1, adv_weight=1.0, adv_type="grad",
-                 adv_impl="projected", **kwargs):
-        super().__init__(num_users, num_items, features, **kwargs)
+    def __init__(self, num_users: int, num_items: int, features, embed_dim: int = 64, eps: float = 0.1,
+                 adv_weight: float = 1.0, adv_type: str = "grad", adv_impl: str = "projected",
+                 regs=(0.1, 1e-3, 0.0), learning_rates=(0.01, 1e-4, 1e-3), init_stddev: float = 0.01,
+                 seed: int | None = None, seen_items=None, **kwargs):
+        """AMR: VBPR trained against the adversary.
+
+        Args:
+            num_users, num_items: the numbers of users and items.
+            features: (items x F) item features (constant).
+            embed_dim: K, the embedding size.
+            eps: the adversary's L2 budget per item, in feature units (the paper's epsilon).
+            adv_weight: the weight lambda of the adversarial BPR term (0: plain VBPR).
+            adv_type: ``"grad"`` (the adversary) or ``"random"`` (noise of the same norm).
+            adv_impl: ``"projected"`` (fast, default) or ``"dense"`` (the original's graph, a reference).
+            regs: ``(r1, r2, r3)``: penalties on ``p_u``, on the whole item vector, and on ``E``.
+            learning_rates: ``(lr_P, lr_Q, lr_E)`` of the three Adagrad optimisers.
+            init_stddev, seed: the truncated-normal initialisation; ``seed`` also seeds the random adversary.
+            seen_items: the users' training items, excluded by ``recommend``.
+            **kwargs: ``eval_ks``, ``name`` and other ``keras.Model`` arguments.
+        """
+        super().__init__(num_users, num_items, features, embed_dim=embed_dim, regs=regs,
+                         learning_rates=learning_rates, init_stddev=init_stddev, seed=seed,
+                         seen_items=seen_items, **kwargs)
         if adv_type not in ADV_TYPES:
             raise AmrError(f"adv_type must be one of {ADV_TYPES}, got {adv_type!r}")
         if adv_impl not in ADV_IMPLS:

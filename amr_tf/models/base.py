@@ -12,7 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
+from amr_tf.evaluation import DEFAULT_KS, candidate_ranks
+from amr_tf.metrics import ranking_metrics
 from amr_tf.models.optimizers import Adagrad
+from amr_tf.models.serving import ServingMixin
 from amr_tf.models.variables import variable_rows
 
 
@@ -47,12 +50,18 @@ class ItemBatch:
         self.index = index  # (2B,): position of each row's item in ``unique``
 
 
-class PairwiseModel(keras.Model):
+class PairwiseModel(ServingMixin, keras.Model):
     """Base of the BPR models: user embeddings ``P``, item embeddings ``Q``, Adagrad per matrix.
 
     Scores are ``p_u . v_i``; subclasses define ``v_i``. The loss on a batch of triplets is the
     original release's: ``sum softplus(-(s_ui - s_uj))`` plus
     ``r1 sum ||p_u||^2 + r2 sum (||v_i||^2 + ||v_j||^2) + r3 extra`` (sums over batch rows).
+
+    Beside training (``train_step``), the model is a complete Keras citizen: ``evaluate`` /
+    ``fit(validation_data=...)`` on ``(users, candidates)`` report HR@K and NDCG@K
+    (:meth:`test_step`), ``save("m.keras")`` / ``keras.models.load_model`` round-trip it with its
+    features, optimisers and seen items, and ``recommend`` / ``export`` serve it
+    (:class:`amr_tf.models.serving.ServingMixin`).
     """
 
     # Names of the weight matrices, one Adagrad optimiser (and learning rate) each.
@@ -67,8 +76,26 @@ class PairwiseModel(keras.Model):
         learning_rates=None,
         init_stddev: float = 0.01,
         seed: int | None = None,
+        seen_items=None,
+        eval_ks=DEFAULT_KS,
         **kwargs,
     ):
+        """Create ``P`` (users x K) and ``Q`` (items x K), initialised as the original.
+
+        Args:
+            num_users: number of users (rows of ``P``).
+            num_items: number of items (rows of ``Q``).
+            embed_dim: K, the embedding size.
+            regs: ``(r1, r2, r3)``, the penalties on user vectors, item vectors and the extra term.
+            learning_rates: one Adagrad learning rate per matrix (``parameter_names``).
+            init_stddev: standard deviation of the truncated-normal initialisation.
+            seed: seeds the initialisation (``None``: random).
+            seen_items: each user's training items, excluded by :meth:`recommend`: a SciPy sparse
+                users x items matrix, an ``AmrDataset`` (its ``train_matrix``) or ``None``
+                (set later with :meth:`set_seen_items`).
+            eval_ks: the cut-offs K of the HR@K and NDCG@K metrics of :meth:`test_step`.
+            **kwargs: passed to ``keras.Model`` (e.g. ``name``).
+        """
         super().__init__(**kwargs)
         for arg, value in (("num_users", num_users), ("num_items", num_items), ("embed_dim", embed_dim)):
             if int(value) <= 0:
@@ -90,13 +117,17 @@ class PairwiseModel(keras.Model):
         self.Q = self.add_weight(shape=(self.num_items, embed_dim), initializer=init, name="Q")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bpr_tracker = keras.metrics.Mean(name="bpr_loss")
+        self.eval_ks = tuple(int(k) for k in eval_ks)
+        self.eval_metrics = ranking_metrics(self.eval_ks)
         self.optimizers_by_param: list = []
+        self.set_seen_items(seen_items)
         # Every weight's shape is known from the constructor: no deferred build.
         self.built = True
 
     # ------------------------------------------------------------------ configuration
 
     def get_config(self):
+        """The constructor's arguments (JSON); the arrays (features, seen items) travel as ``.keras`` assets."""
         return {
             "num_users": self.num_users,
             "num_items": self.num_items,
@@ -105,6 +136,8 @@ class PairwiseModel(keras.Model):
             "learning_rates": list(self.learning_rates),
             "init_stddev": self.init_stddev,
             "seed": self.seed,
+            "eval_ks": list(self.eval_ks),
+            "name": self.name,
         }
 
     def parameter_groups(self) -> list:
@@ -113,7 +146,10 @@ class PairwiseModel(keras.Model):
     def compile(self, optimizer=None, **kwargs):
         """Create one Adagrad (initial accumulator 0.1) per weight matrix, as the original.
 
-        ``optimizer`` may be a list with one optimiser per matrix to override that.
+        Args:
+            optimizer: ``None`` (the default Adagrads at ``learning_rates``) or a list with one
+                optimiser per matrix of ``parameter_names``.
+            **kwargs: passed to ``keras.Model.compile`` (e.g. ``steps_per_execution``).
         """
         if optimizer is None:
             optimizer = [Adagrad(learning_rate=lr) for lr in self.learning_rates]
@@ -127,6 +163,17 @@ class PairwiseModel(keras.Model):
         # Keras' own bookkeeping (iterations, callbacks) uses the first one.
         super().compile(optimizer=self.optimizers_by_param[0], **kwargs)
 
+    def get_compile_config(self):
+        """All the per-matrix optimisers (Keras' default would record only the first)."""
+        if not self.optimizers_by_param:
+            return {}
+        return {"optimizers": [keras.saving.serialize_keras_object(o) for o in self.optimizers_by_param]}
+
+    def compile_from_config(self, config):
+        """Recreate the per-matrix optimisers on ``keras.models.load_model``; their state is loaded next."""
+        optimizers = [keras.saving.deserialize_keras_object(c) for c in config.get("optimizers", [])]
+        self.compile(optimizer=optimizers or None)
+
     # ------------------------------------------------------------------ scoring
 
     def user_vectors(self):
@@ -137,7 +184,7 @@ class PairwiseModel(keras.Model):
         return tf.convert_to_tensor(self.Q)
 
     def call(self, inputs):
-        """Scores of ``(users, items)``; items may be (B,) or (B, n) candidates per user."""
+        """Scores of ``(users, items)``: ``items`` (B,) gives (B,) scores, (B, n) candidates give (B, n)."""
         users, items = inputs
         users = tf.convert_to_tensor(users)
         items = tf.convert_to_tensor(items)
@@ -248,6 +295,57 @@ class PairwiseModel(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.bpr_tracker]
 
+    # ------------------------------------------------------------------ evaluation
+
+    def test_step(self, data):
+        """HR@K and NDCG@K on a batch of ``(users, candidates)``, the held-out positive in column 0.
+
+        What ``model.evaluate(...)`` and ``fit(..., validation_data=...)`` run: the logs carry
+        ``HR@k`` and ``NDCG@k`` for every ``k`` in ``eval_ks`` (``val_``-prefixed under ``fit``).
+        Use :func:`amr_tf.metrics.candidate_dataset` to build the input.
+        """
+        (users, candidates), _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        ranks = candidate_ranks(self((users, candidates)))
+        for metric in self.eval_metrics:
+            metric.update_state(ranks)
+        return {metric.name: metric.result() for metric in self.eval_metrics}
+
+    def reset_metrics(self):
+        """Reset the training trackers and the evaluation metrics (Keras calls this before each run)."""
+        super().reset_metrics()
+        for metric in self.eval_metrics:
+            metric.reset_state()
+
+    # ------------------------------------------------------------------ summary
+
+    def weight_table(self) -> list[tuple[str, tuple, int, bool]]:
+        """``(name, shape, count, trainable)`` of every matrix the model holds, for :meth:`summary`."""
+        rows = [(name, tuple(getattr(self, name).shape), int(np.prod(getattr(self, name).shape)), True)
+                for name in self.parameter_names]
+        features = getattr(self, "features", None)
+        if features is not None:
+            rows.append(("features", tuple(features.shape), int(np.prod(features.shape)), False))
+        return rows
+
+    def summary(self, print_fn=None, **kwargs):
+        """Print the model's matrices: ``P``, ``Q`` (and ``E``) trained, the item features constant.
+
+        Keras' table lists sub-layers, and these models hold their matrices directly; this lists
+        the matrices. Keyword arguments of ``keras.Model.summary`` other than ``print_fn`` are ignored.
+        """
+        print_fn = print_fn or print
+        rows = self.weight_table()
+        trainable = sum(n for *_, n, t in rows if t)
+        fixed = sum(n for *_, n, t in rows if not t)
+        lines = [f'Model: "{self.name}" ({type(self).__name__}, K = {self.embed_dim})',
+                 f"{'matrix':<10}{'shape':<18}{'parameters':>14}  kind"]
+        for name, shape, count, is_trained in rows:
+            kind = "trainable (Adagrad)" if is_trained else "non-trainable (item features; not in .weights.h5)"
+            lines.append(f"{name:<10}{str(shape):<18}{count:>14,}  {kind}")
+        lines += [f"Total params: {trainable + fixed:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {fixed:,}"]
+        print_fn("\n".join(lines))
+
     def weight_arrays(self) -> dict:
         """The weight matrices as NumPy arrays, by name (for export and tests)."""
         return {name: np.asarray(getattr(self, name).numpy()) for name in self.parameter_names}
@@ -259,5 +357,18 @@ class MFBPR(PairwiseModel):
 
     parameter_names = ("P", "Q")
 
-    def __init__(self, num_users, num_items, embed_dim=64, regs=(0.0, 0.0, 0.0), learning_rates=(0.01, 0.01), **kw):
-        super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates, **kw)
+    def __init__(self, num_users: int, num_items: int, embed_dim: int = 64, regs=(0.0, 0.0, 0.0),
+                 learning_rates=(0.01, 0.01), init_stddev: float = 0.01, seed: int | None = None,
+                 seen_items=None, **kwargs):
+        """MF-BPR with ``P`` (users x K) and ``Q`` (items x K).
+
+        Args:
+            num_users, num_items, embed_dim: the matrices' shapes (K = ``embed_dim``).
+            regs: ``(r1, r2, r3)`` penalties on user vectors, item vectors and (unused here) ``r3``.
+            learning_rates: ``(lr_P, lr_Q)`` of the two Adagrad optimisers.
+            init_stddev, seed: the truncated-normal initialisation.
+            seen_items: the users' training items (see :class:`PairwiseModel`).
+            **kwargs: ``eval_ks``, ``name`` and other ``keras.Model`` arguments.
+        """
+        super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates,
+                         init_stddev=init_stddev, seed=seed, seen_items=seen_items, **kwargs)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
 from amr_tf.models.base import PairwiseModel
+from amr_tf.models.serving import read_asset
 from amr_tf.models.variables import variable_rows
 
 
@@ -47,12 +50,17 @@ def resident_features(features: np.ndarray, chunk_bytes: int = 32 << 20) -> tf.V
     return var
 
 
+FEATURES_FILE = "features.npy"  # the .keras asset holding the item features
+
+
 @keras.saving.register_keras_serializable(package="amr_tf")
 class VBPR(PairwiseModel):
     """Visual BPR: ID embeddings P, Q plus a projection E of each item's fixed CNN feature.
 
     ``features`` (items x F) stay constant on the device; they are not weights and are not saved
-    in checkpoints (a checkpoint records the dataset's fingerprint instead). They are held in one
+    in ``.weights.h5`` checkpoints (a checkpoint records the dataset's fingerprint instead), but a
+    ``.keras`` file holds them (``save_assets``), so that ``keras.models.load_model`` restores the
+    whole model. They are held in one
     non-trainable ``tf.Variable``: copied to the device once, when the model is built (once per
     device under a ``tf.distribute`` strategy, if the model is built in its scope), and read in place
     by every step -- a captured host constant would be copied to the accelerator on every call.
@@ -68,9 +76,27 @@ class VBPR(PairwiseModel):
         embed_dim: int = 64,
         regs=(0.1, 1e-3, 0.0),
         learning_rates=(0.01, 1e-4, 1e-3),
+        init_stddev: float = 0.01,
+        seed: int | None = None,
+        seen_items=None,
         **kwargs,
     ):
-        super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates, **kwargs)
+        """VBPR with ``P`` (users x K), ``Q`` (items x K), ``E`` (F x K) and constant ``features``.
+
+        Args:
+            num_users, num_items: the numbers of users and items.
+            features: (items x F) item features, e.g. a dataset's ``features`` (kept on the device).
+            embed_dim: K, the embedding size (of ``p_u``, ``q_i`` and ``c_i E``).
+            regs: ``(r1, r2, r3)``: penalties on ``p_u``, on the whole item vector, and on ``E``.
+            learning_rates: ``(lr_P, lr_Q, lr_E)`` of the three Adagrad optimisers.
+            init_stddev, seed: the truncated-normal initialisation (``seed``, ``seed + 1``,
+                ``seed + 2`` for P, Q, E).
+            seen_items: the users' training items, excluded by ``recommend`` (see
+                :class:`~amr_tf.models.base.PairwiseModel`).
+            **kwargs: ``eval_ks``, ``name`` and other ``keras.Model`` arguments.
+        """
+        super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates,
+                         init_stddev=init_stddev, seed=seed, seen_items=seen_items, **kwargs)
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[0] != self.num_items:
             raise AmrError(f"features must have shape ({self.num_items}, F), got {features.shape}")
@@ -82,6 +108,45 @@ class VBPR(PairwiseModel):
 
     def get_config(self):
         return {**super().get_config(), "feature_dim": self.feature_dim}
+
+    @classmethod
+    def from_config(cls, config):
+        """A model of this configuration with zero features: ``keras.models.load_model`` then loads
+        the saved ones (:meth:`load_assets`); a ``.keras`` file is self-contained."""
+        config = dict(config)
+        feature_dim = int(config.pop("feature_dim"))
+        return cls(features=np.zeros((int(config["num_items"]), feature_dim), np.float32), **config)
+
+    def _feature_chunks(self, chunk_bytes: int = 32 << 20):
+        rows = max(1, chunk_bytes // max(1, 4 * self.feature_dim))
+        return [(s, min(s + rows, self.num_items)) for s in range(0, self.num_items, rows)]
+
+    def save_assets(self, dir_path):
+        """Keras hook for ``.keras`` files only: the seen items and the features (``features.npy``,
+        float32, written by row chunks). ``.weights.h5`` checkpoints stay lean (no features)."""
+        super().save_assets(dir_path)
+        out = np.lib.format.open_memmap(Path(dir_path) / FEATURES_FILE, mode="w+", dtype=np.float32,
+                                        shape=(self.num_items, self.feature_dim))
+        for start, stop in self._feature_chunks():
+            out[start:stop] = variable_rows(self.features, tf.range(start, stop)).numpy()
+        out.flush()
+        del out
+
+    def load_assets(self, dir_path):
+        """Keras hook of ``load_model``: the features saved by :meth:`save_assets` (shape and finiteness checked)."""
+        super().load_assets(dir_path)
+        path = Path(dir_path) / FEATURES_FILE
+        if not path.exists():
+            raise AmrError(f"the .keras file has no {FEATURES_FILE}: it was not saved by amr_tf's VBPR/AMR")
+        features = read_asset(path, "f")
+        if features.shape != (self.num_items, self.feature_dim):
+            raise AmrError(f"{FEATURES_FILE} in the .keras file has shape {features.shape}, expected "
+                           f"({self.num_items}, {self.feature_dim})")
+        for start, stop in self._feature_chunks():
+            chunk = np.asarray(features[start:stop], np.float32)
+            if not np.isfinite(chunk).all():
+                raise AmrError(f"{FEATURES_FILE} in the .keras file holds NaN or infinite values")
+            self.features.scatter_update(tf.IndexedSlices(tf.constant(chunk), tf.range(start, stop)))
 
     def item_vectors(self, features=None):
         if features is not None:
