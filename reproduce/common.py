@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from amr_tf.errors import AmrError  # noqa: E402
 from amr_tf.io import atomic_path, atomic_write_text  # noqa: E402
+from amr_tf.models import registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = ROOT / "pretrained"
@@ -49,6 +50,10 @@ ROBUSTNESS_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------- settings
+
+
+#: MF-BPR's defaults, as every entry point has them (amr_tf.models.registry; imports no TensorFlow).
+_MF_DEFAULTS = registry.lookup("MFBPR").defaults
 
 
 @dataclasses.dataclass
@@ -61,10 +66,10 @@ class Settings:
     learning_rates: tuple = (0.01, 1e-4, 1e-3)
     batch_size: int = 512
     eps: float = 0.1
-    lmd: float = 1.0
-    # MF-BPR, trained from scratch (the original release ships no MF settings)
-    mf_learning_rates: tuple = (0.05, 0.05)
-    mf_regs: tuple = (1e-3, 1e-3, 0.0)
+    adv_weight: float = 1.0
+    # MF-BPR, trained from scratch (the original release ships no MF settings): the registry's defaults
+    mf_learning_rates: tuple = _MF_DEFAULTS["learning_rates"]
+    mf_regs: tuple = _MF_DEFAULTS["regs"]
     mf_epochs: int = 100
     # schedule
     seeds: tuple = (0, 1, 2, 3, 4)
@@ -75,7 +80,7 @@ class Settings:
     robustness_eps: tuple = ROBUSTNESS_EPS
     pgd_steps: int = 10
     grid_eps: tuple = (0.01, 0.1, 1.0)
-    grid_lmd: tuple = (0.1, 1.0, 10.0)
+    grid_adv_weight: tuple = (0.1, 1.0, 10.0)
     grid_seeds: int = 2
     protocol: str = "sampled"
 
@@ -89,9 +94,9 @@ FULL = Settings()
 
 #: Quick mode: a few seconds per experiment on any dataset (small K, large learning rates, few epochs).
 QUICK = Settings(embed_dim=16, regs=(1e-3, 1e-3, 0.0), learning_rates=(0.05, 0.05, 0.05), batch_size=512,
-                 mf_learning_rates=(0.05, 0.05), mf_regs=(1e-3, 1e-3, 0.0), mf_epochs=8, seeds=(0, 1),
+                 mf_epochs=8, seeds=(0, 1),
                  pretrain_epochs=12, finetune_epochs=4, eval_every=2, pgd_steps=10, grid_eps=(0.1, 1.0),
-                 grid_lmd=(1.0, 10.0), grid_seeds=2)
+                 grid_adv_weight=(1.0, 10.0), grid_seeds=2)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -239,7 +244,7 @@ class RunStore:
 
     # -- generic training with cache
 
-    def _train(self, label, model_name, seed, epochs, init_path=None, init_hash=None, eps=None, lmd=None,
+    def _train(self, label, model_name, seed, epochs, init_path=None, init_hash=None, eps=None, adv_weight=None,
                model_params=None, learning_rates=None, regs=None) -> Run:
         from amr_tf.callbacks import EvaluationCallback
         from amr_tf.checkpoints import load_checkpoint, load_pretrained, read_manifest, save_checkpoint
@@ -251,7 +256,7 @@ class RunStore:
             "embed_dim": (model_params or s.model_params())["embed_dim"],
             "regs": list(regs if regs is not None else s.regs),
             "learning_rates": list(learning_rates if learning_rates is not None else s.learning_rates),
-            "batch_size": s.batch_size, "eps": eps, "lmd": lmd, "init": init_hash,
+            "batch_size": s.batch_size, "eps": eps, "adv_weight": adv_weight, "init": init_hash,
             "eval_every": s.eval_every, "protocol": s.protocol, "dataset": self.dataset.fingerprint,
         }
         key = f"{label.lower().replace(' ', '-').replace('(', '').replace(')', '')}-s{seed}-{digest(params)}"
@@ -274,14 +279,14 @@ class RunStore:
         set_seed(seed)
         model = build_model(model_name, self.dataset, embed_dim=params["embed_dim"], regs=params["regs"],
                             learning_rates=params["learning_rates"], eps=eps if eps is not None else 0.0,
-                            adv_weight=lmd if lmd is not None else 0.0, seed=seed)
+                            adv_weight=adv_weight if adv_weight is not None else 0.0, seed=seed)
         if init_path is not None:
             load_pretrained(model, init_path)
         evaluator = EvaluationCallback(self.dataset, every=s.eval_every, ks=KS, protocol=s.protocol, print_fn=None)
         evaluator.set_model(model)
         evaluator.evaluate_now(0)
         self.log(f"training {label} seed {seed}: {epochs} epochs"
-                 + (f" (eps={eps}, lambda={lmd})" if model_name == "AMR" else ""))
+                 + (f" (eps={eps}, lambda={adv_weight})" if model_name == "AMR" else ""))
         started = time.perf_counter()
         if epochs > 0:
             fit(model, self.dataset, epochs=epochs, batch_size=s.batch_size, seed=seed, callbacks=[evaluator],
@@ -308,7 +313,7 @@ class RunStore:
         info = self.pretrained_info
         if info["source"] == "trained here":
             run = self._train("VBPR (pretrained)", "VBPR", self.settings.pretrain_seed, self.settings.pretrain_epochs,
-                              lmd=None)
+                              adv_weight=None)
             info["path"] = str(self.cache_dir / run.key / "model") if self.cache_dir else None
             if info["path"] is None:  # no cache: keep the weights in a temporary checkpoint
                 from amr_tf.checkpoints import save_checkpoint
@@ -333,7 +338,8 @@ class RunStore:
         self.used[run.key] = run
         return run
 
-    def finetuned(self, model_name: str, seed: int, eps: float | None = None, lmd: float | None = None) -> Run:
+    def finetuned(self, model_name: str, seed: int, eps: float | None = None,
+                  adv_weight: float | None = None) -> Run:
         """``"AMR"`` (adversarial fine-tuning, default eps/lambda) or ``"VBPR"`` trained on, from the pretrained VBPR.
 
         Both start from the pretrained weights with fresh Adagrad accumulators (the original's
@@ -343,17 +349,17 @@ class RunStore:
         s = self.settings
         if model_name == "AMR":
             eps = s.eps if eps is None else eps
-            lmd = s.lmd if lmd is None else lmd
-            if lmd == 0:
+            adv_weight = s.adv_weight if adv_weight is None else adv_weight
+            if adv_weight == 0:
                 return self.finetuned("VBPR", seed)
             label = "AMR"
         elif model_name == "VBPR":
-            eps = lmd = None
+            eps = adv_weight = None
             label = "VBPR"
         else:
             raise AmrError(f"finetuned() takes AMR or VBPR, got {model_name!r}")
         return self._train(label, model_name, seed, s.finetune_epochs, init_path=self.pretrained_info["path"],
-                           init_hash=self.pretrained_info["hash"], eps=eps, lmd=lmd)
+                           init_hash=self.pretrained_info["hash"], eps=eps, adv_weight=adv_weight)
 
     def mf(self, seed: int) -> Run:
         s = self.settings
@@ -492,7 +498,7 @@ class Context:
                          "pretrain_epochs": args.pretrain_epochs, "mf_epochs": args.mf_epochs,
                          "protocol": args.protocol, "learning_rates": args.lr, "regs": args.regs,
                          "embed_dim": args.embed_dim, "batch_size": args.batch_size, "grid_seeds": args.grid_seeds,
-                         "eps": args.eps, "lmd": args.lmd}
+                         "eps": args.eps, "adv_weight": args.adv_weight}
             for key, value in overrides.items():
                 if value is not None:
                     setattr(settings, key, value)
@@ -617,7 +623,7 @@ class Context:
 
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
-    from amr_tf.cli import float_list, non_negative_float, non_negative_int, positive_int
+    from amr_tf.flags import float_list, non_negative_float, non_negative_int, positive_int
     from amr_tf.data import DEFAULT_DATASET
 
     p = argparse.ArgumentParser(prog=f"python -m reproduce.{name}", description=description)
@@ -645,7 +651,7 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--regs", type=float_list(3), default=None, help="VBPR/AMR penalties (default as --lr)")
     p.add_argument("--eps", type=non_negative_float, default=None,
                    help="AMR's adversarial budget for training (default the original's 0.1)")
-    p.add_argument("--lmd", type=non_negative_float, default=None,
+    p.add_argument("--lmd", dest="adv_weight", type=non_negative_float, default=None,
                    help="AMR's adversarial weight lambda (default the original's 1)")
     p.add_argument("--embed-dim", type=positive_int, default=None, help="K when a VBPR is trained here")
     p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default 512)")
@@ -763,5 +769,5 @@ def settings_line(ctx) -> str:
     return (f"Dataset `{ctx.dataset.name}` ({ctx.dataset.num_users} users, {ctx.dataset.num_items} items, "
             f"{len(ctx.dataset.train_pairs)} training pairs, {ctx.dataset.feature_dim}-d features), "
             f"{s.protocol} protocol; {ctx.mode} mode: K={s.embed_dim}, regs={list(s.regs)}, "
-            f"lr={list(s.learning_rates)}, batch {s.batch_size}, AMR eps={s.eps}, lambda={s.lmd}; "
+            f"lr={list(s.learning_rates)}, batch {s.batch_size}, AMR eps={s.eps}, lambda={s.adv_weight}; "
             f"pretrained VBPR: {src}; fine-tuning {s.finetune_epochs} epochs; seeds {list(s.seeds)}.")

@@ -57,7 +57,7 @@ FULL = dict(max_items=64, eps=(1.0, 2.0, 4.0, 8.0), steps=10, targeted_items=4, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from amr_tf.cli import positive_int
+    from amr_tf.flags import positive_int
 
     p = argparse.ArgumentParser(prog="python -m reproduce.pixel_attack", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a handful of images and tiny iterations (the tests)")

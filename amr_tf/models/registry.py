@@ -7,19 +7,17 @@ defaults (read from their signatures, so they are written once); MF-BPR's, learn
 runs (``pretrained/mfbpr-movielens-posters`` and the reproduction's MF-BPR, docs/reproduction.md).
 
 Adding a model: write the class (see docs/design.md) and add one :class:`ModelSpec` to
-:data:`MODELS`.
+:data:`MODELS`. The classes are named by import path and imported on first use, so that reading
+the list (the CLI's ``--help``) does not import TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 
 from amr_tf.errors import AmrError
-from amr_tf.models.amr import AMR
-from amr_tf.models.base import MFBPR
-from amr_tf.models.popularity import Popularity
-from amr_tf.models.vbpr import VBPR
 
 #: Constructor arguments that are hyper-parameters (not shapes, data or Keras plumbing).
 HYPER_PARAMETERS = ("embed_dim", "regs", "learning_rates", "init_stddev", "eps", "adv_weight", "adv_type")
@@ -30,11 +28,22 @@ class ModelSpec:
     """One model: its registry ``name`` (also the checkpoint manifest's ``model``), aliases and class."""
 
     name: str
-    cls: type
+    class_path: str  # "module:Class"
     needs_features: bool
     trainable: bool = True
     aliases: tuple = ()
     description: str = ""
+
+    @property
+    def cls(self) -> type:
+        """The model class (its module is imported on first use)."""
+        module, _, attr = self.class_path.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    @property
+    def class_name(self) -> str:
+        """The class's name, as checkpoint manifests record it (``"model"``)."""
+        return self.class_path.partition(":")[2]
 
     @property
     def defaults(self) -> dict:
@@ -83,17 +92,28 @@ class ModelSpec:
 
 
 MODELS = (
-    ModelSpec("AMR", AMR, needs_features=True, description="VBPR trained against the feature adversary"),
-    ModelSpec("VBPR", VBPR, needs_features=True, description="visual BPR, s = p . (q + c E)"),
-    ModelSpec("MFBPR", MFBPR, needs_features=False, aliases=("MF", "BPR", "MF-BPR"),
+    ModelSpec("AMR", "amr_tf.models.amr:AMR", needs_features=True,
+              description="VBPR trained against the feature adversary"),
+    ModelSpec("VBPR", "amr_tf.models.vbpr:VBPR", needs_features=True, description="visual BPR, s = p . (q + c E)"),
+    ModelSpec("MFBPR", "amr_tf.models.base:MFBPR", needs_features=False, aliases=("MF", "BPR", "MF-BPR"),
               description="matrix factorisation with BPR"),
-    ModelSpec("POP", Popularity, needs_features=False, trainable=False, aliases=("POPULARITY",),
-              description="items ranked by their number of training pairs"),
+    ModelSpec("POP", "amr_tf.models.popularity:Popularity", needs_features=False, trainable=False,
+              aliases=("POPULARITY",), description="items ranked by their number of training pairs"),
 )
 
 NAMES = tuple(spec.name for spec in MODELS)
 _BY_NAME = {alias.upper(): spec for spec in MODELS for alias in (spec.name, *spec.aliases)}
-_BY_CLASS = {spec.cls.__name__: spec for spec in MODELS}
+_BY_CLASS = {spec.class_name: spec for spec in MODELS}
+
+
+def canonical_name(name: str) -> str:
+    """The registry name of ``name`` (an alias, any case), for ``type=`` of a command-line flag."""
+    import argparse
+
+    try:
+        return lookup(name).name
+    except AmrError:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}") from None
 
 
 def lookup(name: str) -> ModelSpec:
@@ -111,4 +131,4 @@ def choices() -> tuple:
 
 def model_classes() -> dict:
     """``{class name: class}`` of the trainable models (a checkpoint manifest's ``model`` is the class name)."""
-    return {spec.cls.__name__: spec.cls for spec in MODELS if spec.trainable}
+    return {spec.class_name: spec.cls for spec in MODELS if spec.trainable}
