@@ -1,7 +1,8 @@
 """Plumbing shared by the reproduction scripts: flags, settings, cached training runs, statistics, outputs.
 
 An experiment module defines ``NAME``, ``TITLE`` and ``run(ctx) -> dict`` and calls
-:func:`main`. ``run`` asks ``ctx.runs`` for trained models (trained once, cached on disk under
+:func:`main`; optionally ``add_arguments(parser)`` for flags of its own and ``TRAINS = False`` when it
+trains nothing (it then gets no run store, no training flags, and ``ctx.settings`` is what it sets). ``run`` asks ``ctx.runs`` for trained models (trained once, cached on disk under
 ``<out>/cache/`` and in memory, so ``reproduce.all`` trains every model once), computes its
 numbers and writes them with the ``ctx.write_*`` helpers; :func:`main` adds the manifest.
 
@@ -472,10 +473,12 @@ def resolve_pretrained(spec: str | None, dataset, log=print) -> dict:
 class Context:
     """What an experiment's ``run`` gets: dataset, settings, runs, output helpers and a logger."""
 
-    def __init__(self, name: str, args, store: RunStore | None = None, shared: dict | None = None):
+    def __init__(self, name: str, args, store: RunStore | None = None, shared: dict | None = None,
+                 trains: bool = True):
         from amr_tf.data import resolve_dataset
 
         self.name, self.args = name, args
+        self.manifest_extra: dict = {}  # experiment-specific manifest entries (checkpoints used, ...)
         self.started = time.perf_counter()
         self.mode = "quick" if args.quick else "full"
         self.out_root = Path(args.out)
@@ -488,6 +491,12 @@ class Context:
         if "dataset" not in shared:
             shared["dataset"] = resolve_dataset(args.dataset, cnn=args.cnn)
         self.dataset = shared["dataset"]
+        feats = self.dataset.features
+        self.mean_feature_norm = float(np.linalg.norm(feats, axis=1).mean())
+        if not trains:
+            self.store = self.runs = None
+            self.settings = {}  # the experiment records its own
+            return
         if store is None:
             settings = dataclasses.replace(QUICK if args.quick else FULL)
             pretrained = resolve_pretrained(args.pretrained, self.dataset, log=self.log)
@@ -509,8 +518,6 @@ class Context:
         self.store.log = self.log
         self.store.used, self.store.trained = {}, set()
         self.settings = store.settings
-        feats = self.dataset.features
-        self.mean_feature_norm = float(np.linalg.norm(feats, axis=1).mean())
 
     # -- logging
 
@@ -596,7 +603,7 @@ class Context:
 
         prov.setdefault("scipy", scipy.__version__)
         prov["matplotlib"] = mpl.__version__
-        runs = list(self.store.used.values())
+        runs = list(self.store.used.values()) if self.store is not None else []
         trained = sum(r.train_seconds for r in runs if r.key in self.store.trained)
         ds = self.dataset
         return {
@@ -613,28 +620,35 @@ class Context:
             "dataset": {"name": ds.name, "path": ds.path, "fingerprint": ds.fingerprint, "summary": ds.summary(),
                         "num_users": ds.num_users, "num_items": ds.num_items, "feature_dim": ds.feature_dim,
                         "num_train_pairs": int(len(ds.train_pairs)), "mean_feature_norm": self.mean_feature_norm},
-            "pretrained": {k: v for k, v in self.store.pretrained_info.items()},
-            "settings": dataclasses.asdict(self.settings),
-            "seeds": list(self.settings.seeds),
+            "pretrained": dict(self.store.pretrained_info) if self.store is not None else None,
+            "settings": dataclasses.asdict(self.settings) if dataclasses.is_dataclass(self.settings)
+            else dict(self.settings),
+            "seeds": list(self.settings.seeds) if self.store is not None else None,
             "runs": [r.describe() for r in runs],
             "files": sorted(self.files),
+            **self.manifest_extra,
             "results": results,
         }
 
 
-def build_parser(name: str, description: str) -> argparse.ArgumentParser:
-    from amr_tf.flags import float_list, non_negative_float, non_negative_int, positive_int
+def build_parser(name: str, description: str, trains: bool = True, add_arguments=None) -> argparse.ArgumentParser:
+    """The flags of an experiment: the common ones, the training ones (``trains``), and its own (``add_arguments``)."""
     from amr_tf.data import DEFAULT_DATASET
+    from amr_tf.flags import float_list, non_negative_float, non_negative_int, positive_int
 
     p = argparse.ArgumentParser(prog=f"python -m reproduce.{name}", description=description)
     p.add_argument("--quick", action="store_true", help="tiny settings that run in seconds (used by the tests)")
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"built-in name or a directory in the original format (default: {DEFAULT_DATASET})")
     p.add_argument("--cnn", default=None, help="feature file f_<cnn>.npy of a dataset directory")
+    p.add_argument("--out", default="results", help="results root; this experiment writes <out>/<experiment>/")
+    if add_arguments is not None:
+        add_arguments(p)
+    if not trains:
+        return p
     p.add_argument("--pretrained", default=None,
                    help="pretrained VBPR checkpoint (NAME, NAME.weights.h5 or an original .npy); default "
                         "pretrained/vbpr-<dataset> if it exists for this dataset; 'none' trains one here")
-    p.add_argument("--out", default="results", help="results root; this experiment writes <out>/<experiment>/")
     p.add_argument("--cache", default=None, help="trained-model cache (default <out>/cache)")
     p.add_argument("--no-cache", action="store_true", help="train every model afresh and keep none on disk")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..N-1)")
@@ -662,7 +676,7 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 def run_experiment(module, args, store: RunStore | None = None, shared: dict | None = None) -> dict:
     """Run ``module.run`` in a fresh :class:`Context`, then write its manifest; returns a summary."""
-    ctx = Context(module.NAME, args, store=store, shared=shared)
+    ctx = Context(module.NAME, args, store=store, shared=shared, trains=getattr(module, "TRAINS", True))
     ctx.log(f"{module.TITLE} ({ctx.mode} mode) on {ctx.dataset.summary()}")
     results = module.run(ctx)
     runtime = time.perf_counter() - ctx.started
@@ -676,7 +690,8 @@ def run_experiment(module, args, store: RunStore | None = None, shared: dict | N
 
 def main(module, argv=None) -> int:
     """Command-line entry point of one experiment module."""
-    parser = build_parser(module.NAME, module.TITLE)
+    parser = build_parser(module.NAME, module.TITLE, trains=getattr(module, "TRAINS", True),
+                          add_arguments=getattr(module, "add_arguments", None))
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
