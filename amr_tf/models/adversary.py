@@ -34,13 +34,16 @@ def unit_rows(x, eps):
     return tf.stop_gradient(eps * tf.nn.l2_normalize(x, axis=1, epsilon=NORM_FLOOR))
 
 
+def replica_sum(grad, ids, num_ids):
+    """Per-row gradients (one row per distinct id) summed over the replicas' rows of the same id; constant."""
+    grad = tf.stop_gradient(grad)
+    ctx = replica_context()
+    return grad if ctx is None else sum_over_replicas(ctx, grad, ids, num_ids)
+
+
 def row_gradient(tape, loss, rows, ids, num_ids):
     """``d loss / d rows`` (one row per distinct id), summed over the replicas' rows of the same id; constant."""
-    grad = tf.stop_gradient(tf.convert_to_tensor(tape.gradient(loss, rows)))
-    ctx = replica_context()
-    if ctx is not None:
-        grad = sum_over_replicas(ctx, grad, ids, num_ids)
-    return grad
+    return replica_sum(tf.convert_to_tensor(tape.gradient(loss, rows)), ids, num_ids)
 
 
 def feature_adversary(forward, loss_fn, rows, ids, num_ids, eps):

@@ -177,8 +177,8 @@ class PairwiseModel(keras.Model):
         Models with an adversary (:class:`~amr_tf.models.AMR`) override this to compute the clean
         pass once, inside the tape that gives the adversary its gradient.
         """
-        x, v = self.batch_forward(p, batch)
-        return v, self.pairwise_loss(x), None
+        margins, v = self.batch_forward(p, batch)
+        return v, self.pairwise_loss(margins), None
 
     def extra_penalty(self):
         return tf.constant(0.0)
