@@ -174,8 +174,8 @@ class PairwiseModel(keras.Model):
     def forward_terms(self, p, batch: ItemBatch):
         """``(item_rows, clean loss, adversarial loss or None)`` of one batch.
 
-        Models with an adversary (:class:`~amr_tf.models.AMR`) override this to compute the clean
-        pass once, inside the tape that gives the adversary its gradient.
+        Models with an adversary (:class:`~amr_tf.models.AMR`) override this: the clean pass is
+        computed once and also gives the adversary its gradient.
         """
         margins, v = self.batch_forward(p, batch)
         return v, self.pairwise_loss(margins), None
