@@ -159,27 +159,6 @@ def test_no_gradient_flows_through_the_perturbation(rng):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
 
 
-def test_hand_written_adversary_gradient_equals_autodiff(rng, monkeypatch):
-    """The fast path's custom gradient against autodiff through the same projected formula."""
-    from amr_tf.models import amr
-
-    C, P, Q, E, u, i, j = random_problem(rng, feats=23)
-    model = make(AMR, C, P, Q, E, eps=0.6, adv_weight=1.0)
-
-    def adversarial(hand_written):
-        monkeypatch.setattr(amr, "HAND_WRITTEN_BACKWARD", hand_written)
-        with tf.GradientTape() as tape:
-            adv = model.forward_terms(tf.gather(model.P, u), model.batch_items(i, j))[2]
-        grads = tape.gradient(adv, [model.P, model.Q, model.E])
-        return float(adv), [tf.convert_to_tensor(g).numpy() for g in grads]
-
-    (want_loss, want), (got_loss, got) = adversarial(False), adversarial(True)
-    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
-    for name, g, w in zip("PQE", got, want):
-        assert np.abs(w).max() > 1e-3, name  # every matrix receives a gradient
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=name)
-
-
 def test_mfbpr_is_vbpr_without_the_visual_term(rng):
     C, P, Q, E, u, i, j = random_problem(rng)
     mf = MFBPR(P.shape[0], Q.shape[0], embed_dim=P.shape[1], regs=REGS, learning_rates=LRS[:2])

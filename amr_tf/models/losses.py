@@ -5,10 +5,6 @@ the **sum** over the batch (not the mean), as the original release did. Summing 
 ``tf.distribute`` step simple (each replica's sum all-reduces to the whole batch's) and keeps the
 learning rates of the original's runs meaningful. A model takes its loss as a constructor
 argument (``loss=``); anything callable on a margin tensor that returns such a sum will do.
-
-A loss may also offer ``margin_gradient(margins)``, its derivative per triplet. It is optional and
-only an optimisation: AMR's fast (projected) adversary then fuses the loss into its hand-written
-backward pass (fewer ops per step); without it the derivative comes from a ``tf.GradientTape``.
 """
 
 from __future__ import annotations
@@ -27,10 +23,6 @@ class BPRLoss:
 
     def __call__(self, margins):
         return tf.reduce_sum(tf.nn.softplus(-margins))
-
-    def margin_gradient(self, margins):
-        """``d loss / d x`` per triplet: ``-sigmoid(-x)``."""
-        return -tf.sigmoid(-margins)
 
     def get_config(self) -> dict:
         return {}
