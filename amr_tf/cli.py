@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train AMR, VBPR, MF-BPR (or score Popularity) and evaluate")
     add_dataset_flags(t)
     t.add_argument("--model", default="AMR", type=registry.canonical_name, choices=registry.NAMES,
-                   help=f"one of {', '.join(registry.NAMES)} (aliases: MF, BPR for MFBPR)")
+                   help="the model (amr_tf.models.registry; MF and BPR are aliases of MFBPR)")
     t.add_argument("--adv", type=parse_bool, default=True, help="adversarial training for --model AMR (true/false)")
     t.add_argument("--adv_type", choices=("grad", "random"), default="grad")
     # Defaults of None are the model's own (amr_tf.models.registry); the original's names through dest=.
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a saved checkpoint (or Popularity) on a dataset")
     add_dataset_flags(e)
     e.add_argument("checkpoint", nargs="?", help="checkpoint NAME, NAME.weights.h5, or an original .npy")
-    e.add_argument("--model", default=None, type=registry.canonical_name, help="POP to evaluate the popularity baseline; "
+    e.add_argument("--model", default=None, type=registry.canonical_name, choices=registry.NAMES,
+                   help="POP to evaluate the popularity baseline; "
                    "VBPR/MFBPR when the checkpoint is an original-release .npy")
     e.add_argument("--emb1_K", "--embed_dim", dest="embed_dim", type=positive_int, default=64)
     e.set_defaults(handler=cmd_evaluate)

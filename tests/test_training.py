@@ -126,5 +126,6 @@ def test_mfbpr_defaults_are_one_set_for_every_entry_point(tiny_dataset):
     assert mf.regs == plain.regs == defaults["regs"]
     args = build_parser().parse_args(["train", "--model", "mf"])
     assert args.model == "MFBPR" and args.lr is None and args.regs is None  # filled from the registry
+    assert build_parser().parse_args(["train", "--model", "vbpr"]).model == "VBPR"
     assert FULL.mf_learning_rates == QUICK.mf_learning_rates == defaults["learning_rates"]
     assert FULL.mf_regs == QUICK.mf_regs == defaults["regs"]

@@ -91,12 +91,12 @@ class ModelSpec:
         return self.cls(**config)
 
 
-MODELS = (
-    ModelSpec("AMR", "amr_tf.models.amr:AMR", needs_features=True,
-              description="VBPR trained against the feature adversary"),
-    ModelSpec("VBPR", "amr_tf.models.vbpr:VBPR", needs_features=True, description="visual BPR, s = p . (q + c E)"),
+MODELS = (  # simplest first: MF-BPR, VBPR (+ visual), AMR (+ adversary), then the baseline
     ModelSpec("MFBPR", "amr_tf.models.base:MFBPR", needs_features=False, aliases=("MF", "BPR", "MF-BPR"),
               description="matrix factorisation with BPR"),
+    ModelSpec("VBPR", "amr_tf.models.vbpr:VBPR", needs_features=True, description="visual BPR, s = p . (q + c E)"),
+    ModelSpec("AMR", "amr_tf.models.amr:AMR", needs_features=True,
+              description="VBPR trained against the feature adversary"),
     ModelSpec("POP", "amr_tf.models.popularity:Popularity", needs_features=False, trainable=False,
               aliases=("POPULARITY",), description="items ranked by their number of training pairs"),
 )
@@ -107,13 +107,13 @@ _BY_CLASS = {spec.class_name: spec for spec in MODELS}
 
 
 def canonical_name(name: str) -> str:
-    """The registry name of ``name`` (an alias, any case), for ``type=`` of a command-line flag."""
-    import argparse
+    """The registry name of ``name`` (an alias, any case); an unknown name upper-cased as given.
 
-    try:
-        return lookup(name).name
-    except AmrError:
-        raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}") from None
+    For ``type=`` of a command-line flag with ``choices=NAMES``: aliases are accepted, and argparse
+    reports an unknown name with its usual "invalid choice" line.
+    """
+    spec = _BY_NAME.get(str(name).upper()) or _BY_CLASS.get(str(name))
+    return spec.name if spec is not None else str(name).upper()
 
 
 def lookup(name: str) -> ModelSpec:
