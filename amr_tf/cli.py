@@ -20,67 +20,22 @@ from pathlib import Path
 from amr_tf import pretrained
 from amr_tf.errors import AmrError
 
-TRUE_WORDS, FALSE_WORDS = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off"}
-
-
-# ---------------------------------------------------------------------------- flag parsing
-
-
-def parse_bool(text: str) -> bool:
-    """A real boolean (the original's ``type=bool`` turned ``--adv=False`` into True)."""
-    word = str(text).strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def float_list(length: int, minimum: float = 0.0, strict: bool = False):
-    """Parse ``'[0.01,1e-4,1e-3]'`` (brackets optional) into ``length`` floats without ``eval``."""
-
-    def parse(text: str) -> tuple[float, ...]:
-        body = text.strip()
-        if body.startswith("[") and body.endswith("]"):
-            body = body[1:-1]
-        try:
-            values = tuple(float(part) for part in body.split(",") if part.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a list of {length} numbers like [0.01,1e-4,1e-3], got {text!r}")
-        if len(values) != length:
-            raise argparse.ArgumentTypeError(f"expected {length} numbers, got {len(values)} in {text!r}")
-        for v in values:
-            if not math.isfinite(v) or v < minimum or (strict and v == minimum):
-                rel = ">" if strict else ">="
-                raise argparse.ArgumentTypeError(f"every value must be finite and {rel} {minimum}, got {v} in {text!r}")
-        return values
-
-    return parse
-
-
-def number(kind, minimum, strict: bool, maximum=None):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {text}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
-        return value
-
-    return parse
-
-
-positive_int = number(int, 0, strict=True)
-non_negative_int = number(int, 0, strict=False)
-non_negative_float = number(float, 0.0, strict=False)
-seed_int = number(int, 0, strict=False, maximum=2**32 - 1)  # what NumPy's legacy seeding accepts
+from amr_tf.flags import (  # noqa: F401 - the flag types, re-exported for callers of the old place
+    LEGACY_ARG_NAMES,
+    float_list,
+    modern_arg_names,
+    non_negative_float,
+    non_negative_int,
+    number,
+    parse_bool,
+    positive_int,
+    seed_int,
+)
+from amr_tf.models import registry
 
 # Flags that define what is trained: on --resume they default to the checkpoint's values, and
 # giving one explicitly with another value is an error (the continuation would not be the same run).
-RESUME_FIXED = ("model", "adv", "adv_type", "lr", "regs", "epsilon", "lmd", "emb1_K", "batch_size", "seed",
+RESUME_FIXED = ("model", "adv", "adv_type", "lr", "regs", "eps", "adv_weight", "embed_dim", "batch_size", "seed",
                 "cold_start_rule", "protocol")
 # Taken from the checkpoint unless given (the dataset's fingerprint is checked instead of its name).
 RESUME_INHERITED = ("dataset", "path", "cnn", "validation", "epoch", "verbose", "save_every", "logdir")
@@ -113,16 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train AMR, VBPR, MF-BPR (or score Popularity) and evaluate")
     add_dataset_flags(t)
-    t.add_argument("--model", default="AMR", type=str.upper, choices=("AMR", "VBPR", "MFBPR", "POP"))
+    t.add_argument("--model", default="AMR", type=registry.canonical_name, choices=registry.NAMES,
+                   help="the model (amr_tf.models.registry; MF and BPR are aliases of MFBPR)")
     t.add_argument("--adv", type=parse_bool, default=True, help="adversarial training for --model AMR (true/false)")
     t.add_argument("--adv_type", choices=("grad", "random"), default="grad")
-    t.add_argument("--lr", type=float_list(3, 0.0, strict=True), default=(0.01, 1e-4, 1e-3),
-                   help="Adagrad learning rates of P, Q, E (default [0.01,1e-4,1e-3])")
-    t.add_argument("--regs", type=float_list(3), default=(0.1, 1e-3, 0.0),
-                   help="penalties on user, item and E (default [1e-1,1e-3,0])")
-    t.add_argument("--epsilon", "--eps", type=non_negative_float, default=0.1, help="adversary's L2 budget per item")
-    t.add_argument("--lmd", type=non_negative_float, default=1.0, help="weight of the adversarial loss")
-    t.add_argument("--emb1_K", "--embed_dim", dest="emb1_K", type=positive_int, default=64)
+    # Defaults of None are the model's own (amr_tf.models.registry); the original's names through dest=.
+    t.add_argument("--lr", type=float_list(3, 0.0, strict=True), default=None,
+                   help="Adagrad learning rates of P, Q, E (default: the model's; VBPR/AMR [0.01,1e-4,1e-3], "
+                        "MFBPR [0.05,0.05] (the third value is ignored))")
+    t.add_argument("--regs", type=float_list(3), default=None,
+                   help="penalties on user, item and E (default: the model's; VBPR/AMR [1e-1,1e-3,0], "
+                        "MFBPR [1e-3,1e-3,0])")
+    t.add_argument("--epsilon", "--eps", dest="eps", type=non_negative_float, default=0.1,
+                   help="adversary's L2 budget per item")
+    t.add_argument("--lmd", dest="adv_weight", type=non_negative_float, default=1.0,
+                   help="weight of the adversarial loss")
+    t.add_argument("--emb1_K", "--embed_dim", dest="embed_dim", type=positive_int, default=64)
     t.add_argument("--batch_size", type=positive_int, default=512)
     t.add_argument("--epoch", type=non_negative_int, default=20, help="number of epochs (the original ran 2000)")
     t.add_argument("--verbose", type=positive_int, default=5, help="evaluate every N epochs")
@@ -152,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_flags(e)
     e.add_argument("checkpoint", nargs="?", type=pretrained.resolve,
                    help="checkpoint NAME, NAME.weights.h5, a shipped checkpoint's name, or an original .npy")
-    e.add_argument("--model", default=None, type=str.upper, help="POP to evaluate the popularity baseline; "
+    e.add_argument("--model", default=None, type=registry.canonical_name, choices=registry.NAMES,
+                   help="POP to evaluate the popularity baseline; "
                    "VBPR/MFBPR when the checkpoint is an original-release .npy")
-    e.add_argument("--emb1_K", type=positive_int, default=64)
+    e.add_argument("--emb1_K", "--embed_dim", dest="embed_dim", type=positive_int, default=64)
     e.set_defaults(handler=cmd_evaluate)
 
     c = sub.add_parser("convert-original", help="turn the original release's best-vbpr.npy into a checkpoint")
@@ -241,6 +203,7 @@ def _resume_args(args, manifest: dict, where: Path):
     if not isinstance(stored, dict):
         raise AmrError(f"{where}: the checkpoint records no training configuration ('args'); "
                        "it was not written by 'python -m amr_tf train' and cannot be resumed")
+    stored = modern_arg_names(stored)  # runs written with the original's names (lmd, epsilon, emb1_K)
     epoch = manifest.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise AmrError(f"{where}: the checkpoint's epoch counter is {epoch!r}; expected a non-negative integer")
@@ -290,11 +253,11 @@ def _check_sizes(args, ds) -> None:
         raise AmrError(f"--batch_size {args.batch_size} is more than {MAX_BATCH_SIZE} (a batch may hold at most "
                        f"the {len(ds.train_pairs)} training pairs anyway)")
     if args.model != "POP":
-        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.emb1_K, "--emb1_K", AmrError)
+        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.embed_dim, "--emb1_K", AmrError)
 
 
 # Taken from a --pretrained checkpoint's manifest unless given: fine-tuning continues that run.
-PRETRAINED_INHERITED = {"lr": "learning_rates", "regs": "regs", "emb1_K": "embed_dim"}
+PRETRAINED_INHERITED = {"lr": "learning_rates", "regs": "regs", "embed_dim": "embed_dim"}
 
 
 def _pretrained_args(args) -> list[str]:
@@ -382,8 +345,12 @@ def cmd_train(args) -> int:
     name = args.model
     if name == "AMR" and not args.adv:
         name = "VBPR"  # the original's --adv False trains plain VBPR
-    model = build_model(name, ds, embed_dim=args.emb1_K, regs=args.regs, learning_rates=args.lr,
-                        eps=args.epsilon, adv_weight=args.lmd, adv_type=args.adv_type, seed=args.seed)
+    defaults = registry.lookup(name).defaults
+    for flag, key in (("lr", "learning_rates"), ("regs", "regs")):
+        if getattr(args, flag) is None and key in defaults:  # recorded in the manifest as used
+            setattr(args, flag, tuple(defaults[key]))
+    model = build_model(name, ds, embed_dim=args.embed_dim, regs=args.regs, learning_rates=args.lr,
+                        eps=args.eps, adv_weight=args.adv_weight, adv_type=args.adv_type, seed=args.seed)
     if name == "POP":
         print_table({"POP": evaluate(model, ds, protocol=args.protocol)})
         return 0
@@ -511,8 +478,8 @@ def cmd_evaluate(args) -> int:
         from amr_tf.checkpoints import check_model_fits
 
         label = args.model or "VBPR"
-        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.emb1_K, "--emb1_K", AmrError)
-        model = build_model(label, ds, embed_dim=args.emb1_K, compile=False)
+        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.embed_dim, "--emb1_K", AmrError)
+        model = build_model(label, ds, embed_dim=args.embed_dim, compile=False)
         load_original_npy(args.checkpoint, model)
     else:
         model, manifest = load_checkpoint(args.checkpoint, ds)

@@ -8,36 +8,37 @@ import weakref
 import keras
 import tensorflow as tf
 
+from amr_tf import compat
 from amr_tf.callbacks import NonFiniteGuard
 from amr_tf.data import TripletSampler, triplet_dataset
 from amr_tf.errors import AmrError
 from amr_tf.metrics import candidate_dataset
-from amr_tf.models import AMR, MFBPR, VBPR, Popularity
-
-MODEL_NAMES = ("AMR", "VBPR", "MFBPR", "POP")
+from amr_tf.models import registry
 
 # Most training steps run per call of the compiled train function (Keras' ``steps_per_execution``).
 MAX_STEPS_PER_EXECUTION = 256
 _train_functions = weakref.WeakKeyDictionary()  # model -> {(steps, optimisers): traced train function}
 
 
-def build_model(name: str, dataset, embed_dim=64, regs=(0.1, 1e-3, 0.0), learning_rates=(0.01, 1e-4, 1e-3),
-                eps=0.1, adv_weight=1.0, adv_type="grad", seed=None, compile=True, **kwargs):
-    """A freshly initialised (and compiled) model of the named kind for ``dataset``."""
-    name = name.upper()
-    if name in ("POP", "POPULARITY"):
-        return Popularity.from_dataset(dataset)
+def build_model(name: str, dataset, seed=None, compile=True, **hyper_parameters):
+    """A freshly initialised (and compiled) model of the named kind (see :mod:`amr_tf.models.registry`) for ``dataset``.
+
+    Hyper-parameters not given, or given as ``None``, take the registry's defaults for that model;
+    those the model does not have (``eps`` for VBPR) are ignored, so one set of arguments fits
+    every model. ``learning_rates`` is cut to the model's number of weight matrices (MF-BPR: 2).
+    """
+    spec = registry.lookup(name)
+    if not spec.trainable:
+        return spec.build(dataset)
+    given = {k: v for k, v in hyper_parameters.items() if v is not None}
+    unknown = set(given) - set(spec.accepted_arguments)
+    if unknown:
+        raise AmrError(f"build_model: unknown argument(s) {', '.join(sorted(unknown))}")
+    params = {**spec.defaults, **{k: v for k, v in given.items() if k in spec.arguments}}
+    if "learning_rates" in params:
+        params["learning_rates"] = tuple(params["learning_rates"])[:len(spec.cls.parameter_names)]
     # The dataset's training pairs are the seen items that recommend() / export() exclude.
-    common = dict({"seen_items": dataset.train_matrix}, embed_dim=embed_dim, regs=regs, seed=seed, **kwargs)
-    if name in ("MF", "MFBPR", "BPR"):
-        model = MFBPR(dataset.num_users, dataset.num_items, learning_rates=tuple(learning_rates)[:2], **common)
-    elif name == "VBPR":
-        model = VBPR(dataset.num_users, dataset.num_items, dataset.features, learning_rates=learning_rates, **common)
-    elif name == "AMR":
-        model = AMR(dataset.num_users, dataset.num_items, dataset.features, learning_rates=learning_rates,
-                    eps=eps, adv_weight=adv_weight, adv_type=adv_type, **common)
-    else:
-        raise AmrError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    model = spec.build(dataset, seed=seed, seen_items=dataset.train_matrix, **params)
     if compile:
         model.compile()
     return model
@@ -95,8 +96,7 @@ def _several_steps_per_call(model, steps_per_epoch: int):
     Batch-level callbacks then run once per call. A model compiled with its own
     ``steps_per_execution`` keeps it (it must divide the epoch's steps). The model's settings are
     restored afterwards; the traced function is kept for the next ``fit`` of the same model.
-    Under a ``tf.distribute`` strategy one step per call is kept: Keras 3.15's multi-step loop
-    fails there (TF 2.21, "You must feed a value for placeholder tensor 'while/cond/...'").
+    Under a ``tf.distribute`` strategy one step per call is kept (see :mod:`amr_tf.compat`).
     """
     own = int(getattr(model, "steps_per_execution", 1) or 1)
     if own != 1:
@@ -106,21 +106,12 @@ def _several_steps_per_call(model, steps_per_epoch: int):
         yield
         return
     spe = steps_per_execution_for(steps_per_epoch)
-    distributed = tf.distribute.has_strategy() or model.distribute_strategy is not tf.distribute.get_strategy()
-    if spe == 1 or distributed:
+    if spe == 1 or not compat.several_steps_per_call_supported(model):
         yield
         return
     key = (spe, tuple(id(o) for o in getattr(model, "optimizers_by_param", ())), model.jit_compile)
-    cache = _train_functions.setdefault(model, {})
-    saved = model.train_function
-    model.steps_per_execution, model.train_function = spe, cache.get(key)
-    try:
+    with compat.steps_per_call(model, spe, _train_functions.setdefault(model, {}), key):
         yield
-    finally:
-        if model.train_function is not None:
-            cache.clear()  # a recompiled model (new optimisers) never reuses an old function
-            cache[key] = model.train_function
-        model.steps_per_execution, model.train_function = 1, saved
 
 
 def set_seed(seed: int | None, deterministic: bool = True) -> None:

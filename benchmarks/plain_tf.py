@@ -22,7 +22,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from amr_tf.models.losses import BPRLoss
 from amr_tf.models.vbpr import project
+
+bpr = BPRLoss()
 
 
 def _sparse_adagrad(var, accum, lr, grad):
@@ -61,7 +64,7 @@ class PlainVBPR:
         visual = project(rows, self.E) if self.projection_gradient else tf.matmul(rows, self.E)
         v = tf.gather(self.Q, items) + tf.gather(visual, index)
         x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)
-        return tf.reduce_sum(tf.nn.softplus(-x)) + self._penalty(p, v)
+        return bpr(x) + self._penalty(p, v)
 
     def _step(self, u, i, j):
         variables = (self.P, self.Q, self.E)
@@ -98,13 +101,13 @@ class OriginalAMR(PlainVBPR):
         with tf.GradientTape() as inner:
             inner.watch(self.features)
             p, v_i, v_j, x = self._rows(self.features, u, i, j)
-            bpr = tf.reduce_sum(tf.nn.softplus(-x))
+            clean = bpr(x)
         # d BPR / d features: IndexedSlices of the looked-up rows, densified to items x F.
-        grad = tf.convert_to_tensor(inner.gradient(bpr, self.features))
+        grad = tf.convert_to_tensor(inner.gradient(clean, self.features))
         delta = tf.stop_gradient(self.eps * tf.nn.l2_normalize(grad, axis=1, epsilon=1e-12))
         _, _, _, x_adv = self._rows(self.features + delta, u, i, j)
-        adv = tf.reduce_sum(tf.nn.softplus(-x_adv))
-        return bpr + self.adv_weight * adv + self._penalty(p, tf.concat([v_i, v_j], axis=0))
+        adv = bpr(x_adv)
+        return clean + self.adv_weight * adv + self._penalty(p, tf.concat([v_i, v_j], axis=0))
 
 
 class PerUserEvaluator:

@@ -1,7 +1,8 @@
 """Plumbing shared by the reproduction scripts: flags, settings, cached training runs, statistics, outputs.
 
 An experiment module defines ``NAME``, ``TITLE`` and ``run(ctx) -> dict`` and calls
-:func:`main`. ``run`` asks ``ctx.runs`` for trained models (trained once, cached on disk under
+:func:`main`; optionally ``add_arguments(parser)`` for flags of its own and ``TRAINS = False`` when it
+trains nothing (it then gets no run store, no training flags, and ``ctx.settings`` is what it sets). ``run`` asks ``ctx.runs`` for trained models (trained once, cached on disk under
 ``<out>/cache/`` and in memory, so ``reproduce.all`` trains every model once), computes its
 numbers and writes them with the ``ctx.write_*`` helpers; :func:`main` adds the manifest.
 
@@ -42,6 +43,7 @@ from amr_tf import pretrained  # noqa: E402
 from amr_tf.errors import AmrError  # noqa: E402
 from amr_tf.io import atomic_path, atomic_write_text  # noqa: E402
 from amr_tf.safe_io import read_json  # noqa: E402
+from amr_tf.models import registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = pretrained.DIR  # the checkpoints shipped in the package
@@ -51,6 +53,10 @@ ROBUSTNESS_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------- settings
+
+
+#: MF-BPR's defaults, as every entry point has them (amr_tf.models.registry; imports no TensorFlow).
+_MF_DEFAULTS = registry.lookup("MFBPR").defaults
 
 
 @dataclasses.dataclass
@@ -63,10 +69,10 @@ class Settings:
     learning_rates: tuple = (0.01, 1e-4, 1e-3)
     batch_size: int = 512
     eps: float = 0.1
-    lmd: float = 1.0
-    # MF-BPR, trained from scratch (the original release ships no MF settings)
-    mf_learning_rates: tuple = (0.05, 0.05)
-    mf_regs: tuple = (1e-3, 1e-3, 0.0)
+    adv_weight: float = 1.0
+    # MF-BPR, trained from scratch (the original release ships no MF settings): the registry's defaults
+    mf_learning_rates: tuple = _MF_DEFAULTS["learning_rates"]
+    mf_regs: tuple = _MF_DEFAULTS["regs"]
     mf_epochs: int = 100
     # schedule
     seeds: tuple = (0, 1, 2, 3, 4)
@@ -77,7 +83,7 @@ class Settings:
     robustness_eps: tuple = ROBUSTNESS_EPS
     pgd_steps: int = 10
     grid_eps: tuple = (0.01, 0.1, 1.0)
-    grid_lmd: tuple = (0.1, 1.0, 10.0)
+    grid_adv_weight: tuple = (0.1, 1.0, 10.0)
     grid_seeds: int = 2
     protocol: str = "sampled"
 
@@ -91,9 +97,9 @@ FULL = Settings()
 
 #: Quick mode: a few seconds per experiment on any dataset (small K, large learning rates, few epochs).
 QUICK = Settings(embed_dim=16, regs=(1e-3, 1e-3, 0.0), learning_rates=(0.05, 0.05, 0.05), batch_size=512,
-                 mf_learning_rates=(0.05, 0.05), mf_regs=(1e-3, 1e-3, 0.0), mf_epochs=8, seeds=(0, 1),
+                 mf_epochs=8, seeds=(0, 1),
                  pretrain_epochs=12, finetune_epochs=4, eval_every=2, pgd_steps=10, grid_eps=(0.1, 1.0),
-                 grid_lmd=(1.0, 10.0), grid_seeds=2)
+                 grid_adv_weight=(1.0, 10.0), grid_seeds=2)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -241,7 +247,7 @@ class RunStore:
 
     # -- generic training with cache
 
-    def _train(self, label, model_name, seed, epochs, init_path=None, init_hash=None, eps=None, lmd=None,
+    def _train(self, label, model_name, seed, epochs, init_path=None, init_hash=None, eps=None, adv_weight=None,
                model_params=None, learning_rates=None, regs=None) -> Run:
         from amr_tf.callbacks import EvaluationCallback
         from amr_tf.checkpoints import load_checkpoint, load_pretrained, read_manifest, save_checkpoint
@@ -253,7 +259,7 @@ class RunStore:
             "embed_dim": (model_params or s.model_params())["embed_dim"],
             "regs": list(regs if regs is not None else s.regs),
             "learning_rates": list(learning_rates if learning_rates is not None else s.learning_rates),
-            "batch_size": s.batch_size, "eps": eps, "lmd": lmd, "init": init_hash,
+            "batch_size": s.batch_size, "eps": eps, "adv_weight": adv_weight, "init": init_hash,
             "eval_every": s.eval_every, "protocol": s.protocol, "dataset": self.dataset.fingerprint,
         }
         key = f"{label.lower().replace(' ', '-').replace('(', '').replace(')', '')}-s{seed}-{digest(params)}"
@@ -276,14 +282,14 @@ class RunStore:
         set_seed(seed)
         model = build_model(model_name, self.dataset, embed_dim=params["embed_dim"], regs=params["regs"],
                             learning_rates=params["learning_rates"], eps=eps if eps is not None else 0.0,
-                            adv_weight=lmd if lmd is not None else 0.0, seed=seed)
+                            adv_weight=adv_weight if adv_weight is not None else 0.0, seed=seed)
         if init_path is not None:
             load_pretrained(model, init_path)
         evaluator = EvaluationCallback(self.dataset, every=s.eval_every, ks=KS, protocol=s.protocol, print_fn=None)
         evaluator.set_model(model)
         evaluator.evaluate_now(0)
         self.log(f"training {label} seed {seed}: {epochs} epochs"
-                 + (f" (eps={eps}, lambda={lmd})" if model_name == "AMR" else ""))
+                 + (f" (eps={eps}, lambda={adv_weight})" if model_name == "AMR" else ""))
         started = time.perf_counter()
         if epochs > 0:
             fit(model, self.dataset, epochs=epochs, batch_size=s.batch_size, seed=seed, callbacks=[evaluator],
@@ -310,7 +316,7 @@ class RunStore:
         info = self.pretrained_info
         if info["source"] == "trained here":
             run = self._train("VBPR (pretrained)", "VBPR", self.settings.pretrain_seed, self.settings.pretrain_epochs,
-                              lmd=None)
+                              adv_weight=None)
             info["path"] = str(self.cache_dir / run.key / "model") if self.cache_dir else None
             if info["path"] is None:  # no cache: keep the weights in a temporary checkpoint
                 from amr_tf.checkpoints import save_checkpoint
@@ -335,7 +341,8 @@ class RunStore:
         self.used[run.key] = run
         return run
 
-    def finetuned(self, model_name: str, seed: int, eps: float | None = None, lmd: float | None = None) -> Run:
+    def finetuned(self, model_name: str, seed: int, eps: float | None = None,
+                  adv_weight: float | None = None) -> Run:
         """``"AMR"`` (adversarial fine-tuning, default eps/lambda) or ``"VBPR"`` trained on, from the pretrained VBPR.
 
         Both start from the pretrained weights with fresh Adagrad accumulators (the original's
@@ -345,17 +352,17 @@ class RunStore:
         s = self.settings
         if model_name == "AMR":
             eps = s.eps if eps is None else eps
-            lmd = s.lmd if lmd is None else lmd
-            if lmd == 0:
+            adv_weight = s.adv_weight if adv_weight is None else adv_weight
+            if adv_weight == 0:
                 return self.finetuned("VBPR", seed)
             label = "AMR"
         elif model_name == "VBPR":
-            eps = lmd = None
+            eps = adv_weight = None
             label = "VBPR"
         else:
             raise AmrError(f"finetuned() takes AMR or VBPR, got {model_name!r}")
         return self._train(label, model_name, seed, s.finetune_epochs, init_path=self.pretrained_info["path"],
-                           init_hash=self.pretrained_info["hash"], eps=eps, lmd=lmd)
+                           init_hash=self.pretrained_info["hash"], eps=eps, adv_weight=adv_weight)
 
     def mf(self, seed: int) -> Run:
         s = self.settings
@@ -474,10 +481,12 @@ def resolve_pretrained(spec: str | None, dataset, log=print) -> dict:
 class Context:
     """What an experiment's ``run`` gets: dataset, settings, runs, output helpers and a logger."""
 
-    def __init__(self, name: str, args, store: RunStore | None = None, shared: dict | None = None):
+    def __init__(self, name: str, args, store: RunStore | None = None, shared: dict | None = None,
+                 trains: bool = True):
         from amr_tf.data import resolve_dataset
 
         self.name, self.args = name, args
+        self.manifest_extra: dict = {}  # experiment-specific manifest entries (checkpoints used, ...)
         self.started = time.perf_counter()
         self.mode = "quick" if args.quick else "full"
         self.out_root = Path(args.out)
@@ -490,6 +499,12 @@ class Context:
         if "dataset" not in shared:
             shared["dataset"] = resolve_dataset(args.dataset, cnn=args.cnn)
         self.dataset = shared["dataset"]
+        feats = self.dataset.features
+        self.mean_feature_norm = float(np.linalg.norm(feats, axis=1).mean())
+        if not trains:
+            self.store = self.runs = None
+            self.settings = {}  # the experiment records its own
+            return
         if store is None:
             settings = dataclasses.replace(QUICK if args.quick else FULL)
             pretrained = resolve_pretrained(args.pretrained, self.dataset, log=self.log)
@@ -500,7 +515,7 @@ class Context:
                          "pretrain_epochs": args.pretrain_epochs, "mf_epochs": args.mf_epochs,
                          "protocol": args.protocol, "learning_rates": args.lr, "regs": args.regs,
                          "embed_dim": args.embed_dim, "batch_size": args.batch_size, "grid_seeds": args.grid_seeds,
-                         "eps": args.eps, "lmd": args.lmd}
+                         "eps": args.eps, "adv_weight": args.adv_weight}
             for key, value in overrides.items():
                 if value is not None:
                     setattr(settings, key, value)
@@ -511,8 +526,6 @@ class Context:
         self.store.log = self.log
         self.store.used, self.store.trained = {}, set()
         self.settings = store.settings
-        feats = self.dataset.features
-        self.mean_feature_norm = float(np.linalg.norm(feats, axis=1).mean())
 
     # -- logging
 
@@ -598,7 +611,7 @@ class Context:
 
         prov.setdefault("scipy", scipy.__version__)
         prov["matplotlib"] = mpl.__version__
-        runs = list(self.store.used.values())
+        runs = list(self.store.used.values()) if self.store is not None else []
         trained = sum(r.train_seconds for r in runs if r.key in self.store.trained)
         ds = self.dataset
         return {
@@ -615,28 +628,35 @@ class Context:
             "dataset": {"name": ds.name, "path": ds.path, "fingerprint": ds.fingerprint, "summary": ds.summary(),
                         "num_users": ds.num_users, "num_items": ds.num_items, "feature_dim": ds.feature_dim,
                         "num_train_pairs": int(len(ds.train_pairs)), "mean_feature_norm": self.mean_feature_norm},
-            "pretrained": {k: v for k, v in self.store.pretrained_info.items()},
-            "settings": dataclasses.asdict(self.settings),
-            "seeds": list(self.settings.seeds),
+            "pretrained": dict(self.store.pretrained_info) if self.store is not None else None,
+            "settings": dataclasses.asdict(self.settings) if dataclasses.is_dataclass(self.settings)
+            else dict(self.settings),
+            "seeds": list(self.settings.seeds) if self.store is not None else None,
             "runs": [r.describe() for r in runs],
             "files": sorted(self.files),
+            **self.manifest_extra,
             "results": results,
         }
 
 
-def build_parser(name: str, description: str) -> argparse.ArgumentParser:
-    from amr_tf.cli import float_list, non_negative_float, non_negative_int, positive_int
+def build_parser(name: str, description: str, trains: bool = True, add_arguments=None) -> argparse.ArgumentParser:
+    """The flags of an experiment: the common ones, the training ones (``trains``), and its own (``add_arguments``)."""
     from amr_tf.data import DEFAULT_DATASET
+    from amr_tf.flags import float_list, non_negative_float, non_negative_int, positive_int
 
     p = argparse.ArgumentParser(prog=f"python -m reproduce.{name}", description=description)
     p.add_argument("--quick", action="store_true", help="tiny settings that run in seconds (used by the tests)")
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"built-in name or a directory in the original format (default: {DEFAULT_DATASET})")
     p.add_argument("--cnn", default=None, help="feature file f_<cnn>.npy of a dataset directory")
+    p.add_argument("--out", default="results", help="results root; this experiment writes <out>/<experiment>/")
+    if add_arguments is not None:
+        add_arguments(p)
+    if not trains:
+        return p
     p.add_argument("--pretrained", default=None,
                    help="pretrained VBPR checkpoint (NAME, NAME.weights.h5 or an original .npy); default "
                         "pretrained/vbpr-<dataset> if it exists for this dataset; 'none' trains one here")
-    p.add_argument("--out", default="results", help="results root; this experiment writes <out>/<experiment>/")
     p.add_argument("--cache", default=None, help="trained-model cache (default <out>/cache)")
     p.add_argument("--no-cache", action="store_true", help="train every model afresh and keep none on disk")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..N-1)")
@@ -653,7 +673,7 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--regs", type=float_list(3), default=None, help="VBPR/AMR penalties (default as --lr)")
     p.add_argument("--eps", type=non_negative_float, default=None,
                    help="AMR's adversarial budget for training (default the original's 0.1)")
-    p.add_argument("--lmd", type=non_negative_float, default=None,
+    p.add_argument("--lmd", dest="adv_weight", type=non_negative_float, default=None,
                    help="AMR's adversarial weight lambda (default the original's 1)")
     p.add_argument("--embed-dim", type=positive_int, default=None, help="K when a VBPR is trained here")
     p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default 512)")
@@ -664,7 +684,7 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 def run_experiment(module, args, store: RunStore | None = None, shared: dict | None = None) -> dict:
     """Run ``module.run`` in a fresh :class:`Context`, then write its manifest; returns a summary."""
-    ctx = Context(module.NAME, args, store=store, shared=shared)
+    ctx = Context(module.NAME, args, store=store, shared=shared, trains=getattr(module, "TRAINS", True))
     ctx.log(f"{module.TITLE} ({ctx.mode} mode) on {ctx.dataset.summary()}")
     results = module.run(ctx)
     runtime = time.perf_counter() - ctx.started
@@ -678,7 +698,8 @@ def run_experiment(module, args, store: RunStore | None = None, shared: dict | N
 
 def main(module, argv=None) -> int:
     """Command-line entry point of one experiment module."""
-    parser = build_parser(module.NAME, module.TITLE)
+    parser = build_parser(module.NAME, module.TITLE, trains=getattr(module, "TRAINS", True),
+                          add_arguments=getattr(module, "add_arguments", None))
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
@@ -771,5 +792,5 @@ def settings_line(ctx) -> str:
     return (f"Dataset `{ctx.dataset.name}` ({ctx.dataset.num_users} users, {ctx.dataset.num_items} items, "
             f"{len(ctx.dataset.train_pairs)} training pairs, {ctx.dataset.feature_dim}-d features), "
             f"{s.protocol} protocol; {ctx.mode} mode: K={s.embed_dim}, regs={list(s.regs)}, "
-            f"lr={list(s.learning_rates)}, batch {s.batch_size}, AMR eps={s.eps}, lambda={s.lmd}; "
+            f"lr={list(s.learning_rates)}, batch {s.batch_size}, AMR eps={s.eps}, lambda={s.adv_weight}; "
             f"pretrained VBPR: {src}; fine-tuning {s.finetune_epochs} epochs; seeds {list(s.seeds)}.")

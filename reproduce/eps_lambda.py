@@ -1,7 +1,7 @@
 """Experiment 3, effect of the adversary's budget eps and weight lambda on AMR's clean accuracy.
 
 AMR is fine-tuned from the pretrained VBPR for every (eps, lambda) of the grid
-(``Settings.grid_eps`` x ``Settings.grid_lmd``, around the defaults eps = 0.1, lambda = 1) with the
+(``Settings.grid_eps`` x ``Settings.grid_adv_weight``, around the defaults eps = 0.1, lambda = 1) with the
 first ``Settings.grid_seeds`` seeds; lambda = 0 is VBPR trained on for the same epochs (the
 reference). Cells are clean HR@10 / NDCG@10, mean ± std over those seeds.
 
@@ -27,14 +27,14 @@ def figure(ctx, agg, reference):
     s = ctx.settings
     fig, axes = plt.subplots(1, len(HEADLINE), figsize=(4.6 * len(HEADLINE), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], HEADLINE):
-        grid = np.array([[next(r for r in agg if r["eps"] == e and r["lmd"] == l)[f"{metric}_mean"]
-                          for l in s.grid_lmd] for e in s.grid_eps])
+        grid = np.array([[next(r for r in agg if r["eps"] == e and r["adv_weight"] == l)[f"{metric}_mean"]
+                          for l in s.grid_adv_weight] for e in s.grid_eps])
         im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 ax.text(j, i, f"{grid[i, j]:.4f}\n({grid[i, j] - reference[metric]:+.4f})", ha="center",
                         va="center", fontsize=7, color="w" if grid[i, j] < grid.mean() else "k")
-        ax.set_xticks(range(len(s.grid_lmd)), [f"{v:g}" for v in s.grid_lmd])
+        ax.set_xticks(range(len(s.grid_adv_weight)), [f"{v:g}" for v in s.grid_adv_weight])
         ax.set_yticks(range(len(s.grid_eps)), [f"{v:g}" for v in s.grid_eps])
         ax.set_xlabel("lambda (adversarial weight)")
         ax.set_ylabel("eps (adversary's L2 budget)")
@@ -53,18 +53,18 @@ def run(ctx) -> dict:
     for seed in seeds:
         ref = ctx.runs.finetuned("VBPR", seed)
         runs.append(ref)
-        rows.append({"eps": 0.0, "lmd": 0.0, "seed": seed, **ref.metrics(ctx)})
+        rows.append({"eps": 0.0, "adv_weight": 0.0, "seed": seed, **ref.metrics(ctx)})
         for eps in s.grid_eps:
-            for lmd in s.grid_lmd:
-                r = ctx.runs.finetuned("AMR", seed, eps=eps, lmd=lmd)
+            for adv_weight in s.grid_adv_weight:
+                r = ctx.runs.finetuned("AMR", seed, eps=eps, adv_weight=adv_weight)
                 runs.append(r)
-                rows.append({"eps": float(eps), "lmd": float(lmd), "seed": seed, **r.metrics(ctx)})
-    agg = common.aggregate(rows, ["eps", "lmd"])
-    reference = next(r for r in agg if r["lmd"] == 0.0)
+                rows.append({"eps": float(eps), "adv_weight": float(adv_weight), "seed": seed, **r.metrics(ctx)})
+    agg = common.aggregate(rows, ["eps", "adv_weight"])
+    reference = next(r for r in agg if r["adv_weight"] == 0.0)
     ref_means = {m: reference[f"{m}_mean"] for m in common.METRICS}
     metric_cols = list(common.METRICS)
-    ctx.write_csv("runs.csv", rows, ["eps", "lmd", "seed"] + metric_cols)
-    ctx.write_csv("results.csv", agg, ["eps", "lmd", "n"] + [f"{m}_{x}" for m in metric_cols for x in ("mean", "std")])
+    ctx.write_csv("runs.csv", rows, ["eps", "adv_weight", "seed"] + metric_cols)
+    ctx.write_csv("results.csv", agg, ["eps", "adv_weight", "n"] + [f"{m}_{x}" for m in metric_cols for x in ("mean", "std")])
 
     text = [f"# {TITLE}\n", common.settings_line(ctx) + "\n",
             f"AMR fine-tuned from the pretrained VBPR for {s.finetune_epochs} epochs per cell, seeds {seeds}; "
@@ -75,25 +75,25 @@ def run(ctx) -> dict:
         body = []
         for eps in s.grid_eps:
             cells = [f"{eps:g}"]
-            for lmd in s.grid_lmd:
-                r = next(x for x in agg if x["eps"] == eps and x["lmd"] == lmd)
+            for adv_weight in s.grid_adv_weight:
+                r = next(x for x in agg if x["eps"] == eps and x["adv_weight"] == adv_weight)
                 cells.append(common.fmt_ms(r[f"{metric}_mean"], r[f"{metric}_std"]))
             body.append(cells)
         ref_cell = common.fmt_ms(reference[f"{metric}_mean"], reference[f"{metric}_std"])
-        text += [f"\n## {metric}\n", common.md_table(["eps \\ lambda"] + [f"{v:g}" for v in s.grid_lmd], body),
+        text += [f"\n## {metric}\n", common.md_table(["eps \\ lambda"] + [f"{v:g}" for v in s.grid_adv_weight], body),
                  f"\nVBPR (lambda = 0): {ref_cell}\n"]
-    best = max((r for r in agg if r["lmd"] > 0), key=lambda r: r["NDCG@10_mean"])
-    text.append(f"\nBest cell by NDCG@10: eps = {best['eps']:g}, lambda = {best['lmd']:g} "
+    best = max((r for r in agg if r["adv_weight"] > 0), key=lambda r: r["NDCG@10_mean"])
+    text.append(f"\nBest cell by NDCG@10: eps = {best['eps']:g}, lambda = {best['adv_weight']:g} "
                 f"({common.fmt(best['NDCG@10_mean'])}, VBPR {common.fmt(ref_means['NDCG@10'])}).\n")
     text.append("\n![eps-lambda grid](figure.png)\n")
     ctx.write_text("table.md", "\n".join(text))
     ctx.save_figure(figure(ctx, agg, ref_means))
     def cell(r):
-        name = "VBPR" if r.label == "VBPR" else f"AMR_eps{r.params['eps']:g}_lmd{r.params['lmd']:g}"
+        name = "VBPR" if r.label == "VBPR" else f"AMR_eps{r.params['eps']:g}_lmd{r.params['adv_weight']:g}"
         return f"{name}/seed{r.seed}"
 
     ctx.write_tensorboard(common.history_series(runs, tags=HEADLINE, name=cell))
-    return {"table": agg, "best": {"eps": best["eps"], "lmd": best["lmd"]}, "seeds": seeds}
+    return {"table": agg, "best": {"eps": best["eps"], "adv_weight": best["adv_weight"]}, "seeds": seeds}
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ def test_quick_benchmark_runs_and_prints_the_tables(tmp_path):
     for heading in ("## Training epochs", "## Targets", "## Evaluation", "## Where an epoch's time goes",
                     "## XLA", "## Memory"):
         assert heading in report, heading
-    for row in ("| VBPR |", "| AMR |", "| AMR adv_impl=dense |", "| AMR, original graph (plain TF) |",
+    for row in ("| VBPR |", "| AMR |", "| AMR adversary=tape |", "| AMR, original graph (plain TF) |",
                 "| plain-TF VBPR |"):
         assert row in report, row
     assert "triplets/s" in report and "of matmul peak" in report and "peak RSS" in report

@@ -34,7 +34,7 @@ def test_pretrained_vbpr_then_amr(tmp_path, capsys):
     assert "initialised from" in out and "manifest: --lr [0.02, 0.03, 0.004]" in out
     # Fine-tuning continues the pretrained run's learning rates unless --lr is given.
     config = json.loads((tmp_path / "a" / "metrics.json").read_text())["config"]
-    assert config["lr"] == [0.02, 0.03, 0.004] and config["emb1_K"] == 8
+    assert config["lr"] == [0.02, 0.03, 0.004] and config["embed_dim"] == 8
     assert main(["train", "--model", "AMR", "--epoch", "1", "--pretrained", str(tmp_path / "v" / "last"),
                  "--lr", "[0.1,0.1,0.1]", "--weight_dir", str(tmp_path / "b")] + common) == 0
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["config"]["lr"] == [0.1, 0.1, 0.1]

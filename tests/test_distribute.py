@@ -110,9 +110,9 @@ def run_two_replicas(name, **kw):
     [
         ("VBPR", {}),
         ("AMR", {"eps": 0.5, "adv_weight": 1.0}),
-        ("AMR", {"eps": 0.5, "adv_weight": 1.0, "adv_impl": "dense"}),
+        ("AMR", {"eps": 0.5, "adv_weight": 1.0, "adversary": "tape"}),
     ],
-    ids=["VBPR", "AMR", "AMR-dense"],
+    ids=["VBPR", "AMR", "AMR-tape"],
 )
 def test_mirrored_two_devices_equals_one_device(name, kw):
     r = run_two_replicas(name, **kw)

@@ -38,7 +38,7 @@ def make(cls, C, P, Q, E, **kw):
     [
         (VBPR, {}),
         (AMR, {"eps": 0.5, "adv_weight": 0.7}),
-        (AMR, {"eps": 0.5, "adv_weight": 0.7, "adv_impl": "dense"}),
+        (AMR, {"eps": 0.5, "adv_weight": 0.7, "adversary": "tape"}),
     ],
 )
 def test_one_step_matches_numpy_reference(rng, cls, kw):
@@ -87,10 +87,15 @@ def test_amr_with_zero_weight_trains_exactly_like_vbpr(rng):
         np.testing.assert_array_equal(getattr(vbpr, name).numpy(), getattr(amr, name).numpy())
 
 
-def test_projected_and_dense_adversary_train_identically(rng):
+def test_projected_and_tape_adversary_are_equal(rng):
+    """The fast path against the tape-derived reference: losses, Delta's effect, three training steps."""
     C, P, Q, E, u, i, j = random_problem(rng, feats=40)
     a = make(AMR, C, P, Q, E, eps=0.2)
-    b = make(AMR, C, P, Q, E, eps=0.2, adv_impl="dense")
+    b = make(AMR, C, P, Q, E, eps=0.2, adversary="tape")
+    assert a.uses_projected_adversary and not b.uses_projected_adversary
+    for name, value in a.pairwise_losses(u, i, j).items():
+        np.testing.assert_allclose(float(value), float(b.pairwise_losses(u, i, j)[name]), rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(_perturbation(a, u, i, j)[1], _perturbation(b, u, i, j)[1], rtol=1e-5, atol=1e-7)
     for _ in range(3):
         a.train_on_batch((u, i, j))
         b.train_on_batch((u, i, j))
@@ -99,22 +104,20 @@ def test_projected_and_dense_adversary_train_identically(rng):
 
 
 def _perturbation(model, u, i, j):
-    """``Delta_i E`` per distinct batch item, as the model applies it (dense graph or projected)."""
+    """``Delta_i E`` per distinct batch item, as the model applies it (tape reference or projected)."""
     p = tf.gather(model.P, u)
     batch = model.batch_items(i, j)
-    v = model.batch_item_vectors(batch)
-    b = len(u)
-    x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)
-    if model.adv_impl == "dense":
-        clean = tf.matmul(tf.gather(model.features, batch.unique), model.E)
-        return batch, model.dense_perturbed_visual(p, batch, x) - clean
-    return batch, model.perturbation_effect(p, batch, x)
+    if model.uses_projected_adversary:
+        return batch, model.perturbation_effect(p, batch)[0].numpy()
+    delta, _ = model.perturbation(p, batch)
+    return batch, (delta @ model.E).numpy()
 
 
-@pytest.mark.parametrize("adv_type,adv_impl", [("grad", "dense"), ("grad", "projected"), ("random", "projected")])
-def test_perturbation_has_norm_eps_per_item(rng, adv_type, adv_impl):
+@pytest.mark.parametrize("adv_type,adversary", [("grad", "tape"), ("grad", "auto"), ("random", "auto"),
+                                                ("random", "tape")])
+def test_perturbation_has_norm_eps_per_item(rng, adv_type, adversary):
     C, P, Q, E, u, i, j = random_problem(rng)
-    model = make(AMR, C, P, Q, E, eps=0.37, adv_type=adv_type, adv_impl=adv_impl)
+    model = make(AMR, C, P, Q, E, eps=0.37, adv_type=adv_type, adversary=adversary)
     if adv_type == "grad":
         delta = ref.adversary(P, Q, E, C, u, i, j, 0.37)
         items = np.unique(np.concatenate([i, j]))
@@ -126,10 +129,10 @@ def test_perturbation_has_norm_eps_per_item(rng, adv_type, adv_impl):
     batch, dE = _perturbation(model, u, i, j)
     if adv_type == "grad":
         want = delta[batch.unique.numpy()] @ E
-        np.testing.assert_allclose(dE.numpy(), want, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(dE, want, rtol=1e-4, atol=1e-6)
     else:
         smax = np.linalg.svd(E, compute_uv=False)[0]
-        assert np.all(np.linalg.norm(dE.numpy(), axis=1) <= 0.37 * smax * (1 + 1e-5))
+        assert np.all(np.linalg.norm(dE, axis=1) <= 0.37 * smax * (1 + 1e-5))
 
 
 def test_perturbation_increases_loss_to_first_order(rng):
@@ -154,34 +157,6 @@ def test_no_gradient_flows_through_the_perturbation(rng):
     want = ref.gradients(*(a.astype(np.float64) for a in (P, Q, E, C)), u, i, j, REGS, 0.4, 1.0)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
-
-
-def test_hand_written_adversary_gradient_equals_autodiff(rng):
-    """The training path's custom gradient against autodiff through the same formula."""
-    C, P, Q, E, u, i, j = random_problem(rng, feats=23)
-    model = make(AMR, C, P, Q, E, eps=0.6, adv_weight=1.0)
-    b = len(u)
-
-    def adversarial(autodiff):
-        with tf.GradientTape() as tape:
-            p = tf.gather(model.P, u)
-            batch = model.batch_items(i, j)
-            v = model.batch_item_vectors(batch)
-            x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)
-            if autodiff:
-                effect = model.perturbation_effect(p, batch, x)
-                shift = tf.gather(effect, batch.index[:b]) - tf.gather(effect, batch.index[b:])
-                adv = tf.reduce_sum(tf.nn.softplus(-(x + tf.reduce_sum(p * shift, axis=-1))))
-            else:
-                adv = model.adversarial_bpr(p, batch, x)
-        grads = tape.gradient(adv, [model.P, model.Q, model.E])
-        return float(adv), [tf.convert_to_tensor(g).numpy() for g in grads]
-
-    (want_loss, want), (got_loss, got) = adversarial(True), adversarial(False)
-    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
-    for name, g, w in zip("PQE", got, want):
-        assert np.abs(w).max() > 1e-3, name  # every matrix receives a gradient
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_mfbpr_is_vbpr_without_the_visual_term(rng):

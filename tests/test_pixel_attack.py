@@ -172,9 +172,9 @@ def test_bad_arguments_raise(setup, extractor):
 def test_reproduce_quick_mode(tmp_path, pixel_cache_dir, extractor):
     from reproduce import pixel_attack
 
-    out = tmp_path / "pixel"
-    rc = pixel_attack.main(["--quick", "--out", str(out), "--cache-dir", pixel_cache_dir])
+    rc = pixel_attack.main(["--quick", "--out", str(tmp_path), "--cache-dir", pixel_cache_dir])
     assert rc == 0
+    out = tmp_path / "pixel_attack"  # reproduce.common's layout: <out>/<experiment>/
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mode"] == "quick"
     for name in ("results.md", "results.csv", "figure.png", "manifest.json"):

@@ -83,7 +83,7 @@ def test_report_links_every_piece(out):
 
 def test_csv_markdown_and_manifest_agree(out):
     """results.csv == the manifest's numbers == mean/std of runs.csv, and the table shows them."""
-    keys = {"overall": ["model"], "robustness": ["model", "attack", "eps"], "eps_lambda": ["eps", "lmd"],
+    keys = {"overall": ["model"], "robustness": ["model", "attack", "eps"], "eps_lambda": ["eps", "adv_weight"],
             "training_curve": ["model", "epoch"]}
     for name, by in keys.items():
         results = read_csv(out / name / "results.csv")
@@ -99,7 +99,7 @@ def test_csv_markdown_and_manifest_agree(out):
                 mean, std = common.mean_std(group)
                 assert math.isclose(row[f"{metric}_mean"], mean, rel_tol=1e-12, abs_tol=1e-15)
                 assert math.isclose(row[f"{metric}_std"], std, rel_tol=1e-9, abs_tol=1e-12)
-            if name in ("overall", "robustness") or (name == "eps_lambda" and row["lmd"] > 0):
+            if name in ("overall", "robustness") or (name == "eps_lambda" and row["adv_weight"] > 0):
                 assert common.fmt_ms(row["NDCG@10_mean"], row["NDCG@10_std"]) in table
     sig = read_csv(out / "significance" / "results.csv")
     table = (out / "significance" / "table.md").read_text()
@@ -132,8 +132,8 @@ def test_experiments_share_the_same_runs(out):
             end = next(r for r in curve if r["model"] == model and r["seed"] == seed and r["epoch"] == last_epoch)
             assert all(end[m] == clean[m] for m in common.METRICS)
             cell = next(r for r in grid if r["seed"] == seed and (
-                (model == "VBPR" and r["lmd"] == 0.0)
-                or (model == "AMR" and r["eps"] == settings["eps"] and r["lmd"] == settings["lmd"])))
+                (model == "VBPR" and r["adv_weight"] == 0.0)
+                or (model == "AMR" and r["eps"] == settings["eps"] and r["adv_weight"] == settings["adv_weight"])))
             assert all(cell[m] == clean[m] for m in common.METRICS)
 
 

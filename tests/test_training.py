@@ -75,3 +75,57 @@ def test_fit_restores_the_model_and_reuses_its_traced_function(tiny_dataset):
     model.compile()  # new optimisers: the old traced function must not be reused
     fit(model, tiny_dataset, epochs=3, initial_epoch=2, batch_size=64, verbose=0)
     assert list(training._train_functions[model].values()) != list(cached.values())
+
+
+def test_runs_written_with_the_original_names_still_load_and_resume(tmp_path, capsys):
+    """Manifests from before one vocabulary: ``lmd``/``epsilon``/``emb1_K`` in "args", ``adv_impl`` in "config"."""
+    import json
+
+    from amr_tf.checkpoints import load_checkpoint
+    from amr_tf.cli import main
+    from amr_tf.data import resolve_dataset
+
+    run = tmp_path / "run"
+    flags = ["--dataset", "synthetic", "--model", "AMR", "--emb1_K", "8", "--lmd", "0.5", "--epsilon", "0.2",
+             "--lr", "[0.05,0.05,0.05]", "--weight_dir", str(run), "--quiet", "--verbose", "1"]
+    assert main(["train", "--epoch", "1"] + flags) == 0
+    for name in ("last", "best"):  # rewrite the manifests as the older code wrote them
+        path = run / f"{name}.json"
+        manifest = json.loads(path.read_text())
+        for old, new in (("lmd", "adv_weight"), ("epsilon", "eps"), ("emb1_K", "embed_dim")):
+            manifest["args"][old] = manifest["args"].pop(new)
+        manifest["config"].pop("adversary")
+        manifest["config"]["adv_impl"] = "projected"
+        path.write_text(json.dumps(manifest))
+
+    model, _ = load_checkpoint(run / "best", resolve_dataset("synthetic"))
+    assert (model.embed_dim, model.eps, model.adv_weight, model.adversary) == (8, 0.2, 0.5, "auto")
+
+    # Resuming takes K, lambda and eps from the old names (K=64, the default, would not even load).
+    assert main(["train", "--resume", "--weight_dir", str(run), "--epoch", "2", "--quiet"]) == 0
+    config = json.loads((run / "metrics.json").read_text())["config"]
+    assert (config["embed_dim"], config["adv_weight"], config["eps"]) == (8, 0.5, 0.2)
+    assert json.loads((run / "last.json").read_text())["epoch"] == 2
+    # ... and still refuses a flag that changes them, given by its original name.
+    capsys.readouterr()
+    assert main(["train", "--resume", "--weight_dir", str(run), "--epoch", "3", "--lmd", "1", "--quiet"]) == 2
+    assert "--adv_weight 1.0 (the run used 0.5)" in capsys.readouterr().err
+
+
+def test_mfbpr_defaults_are_one_set_for_every_entry_point(tiny_dataset):
+    """The class, ``build_model``, the CLI and ``reproduce`` all take MF-BPR's defaults from the registry."""
+    from amr_tf.cli import build_parser
+    from amr_tf.models import MFBPR, registry
+    from reproduce.common import FULL, QUICK
+
+    defaults = registry.lookup("mf").defaults
+    assert defaults["learning_rates"] == (0.05, 0.05) and defaults["regs"] == (1e-3, 1e-3, 0.0)
+    mf = build_model("MFBPR", tiny_dataset, embed_dim=4)
+    plain = MFBPR(tiny_dataset.num_users, tiny_dataset.num_items, embed_dim=4)
+    assert mf.learning_rates == plain.learning_rates == defaults["learning_rates"]
+    assert mf.regs == plain.regs == defaults["regs"]
+    args = build_parser().parse_args(["train", "--model", "mf"])
+    assert args.model == "MFBPR" and args.lr is None and args.regs is None  # filled from the registry
+    assert build_parser().parse_args(["train", "--model", "vbpr"]).model == "VBPR"
+    assert FULL.mf_learning_rates == QUICK.mf_learning_rates == defaults["learning_rates"]
+    assert FULL.mf_regs == QUICK.mf_regs == defaults["regs"]

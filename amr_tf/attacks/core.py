@@ -30,9 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
-
-#: ``x / sqrt(max(sum(x^2), NORM_FLOOR))``: the floor ``tf.nn.l2_normalize`` (and the original) use.
-NORM_FLOOR = 1e-12
+from amr_tf.models.adversary import NORM_FLOOR  # noqa: F401 - re-exported: the one floor of every L2 normalisation
 
 LossFn = Callable[[tf.Tensor], tf.Tensor]
 

@@ -6,7 +6,8 @@ perturbed features (``amr_tf.evaluation.evaluate(model, dataset, features=...)``
 
 Two losses the attacker can maximise (``loss=``):
 
-* ``"bpr"`` (the paper's): the BPR loss ``sum softplus(-(s_ui - s_uj))`` on training triplets
+* ``"bpr"`` (the paper's): the model's pairwise loss (BPR, ``sum softplus(-(s_ui - s_uj))``, unless the
+  model was built with another ``loss=``) on training triplets
   ``(u, i, j)``, one sampled negative per training pair (the :class:`~amr_tf.data.TripletSampler`
   epoch ``0`` of ``seed``; ``triplet_epochs`` epochs for more negatives). The one-step attack on it is AMR's
   training-time adversary applied to the whole epoch at once instead of one batch. It uses no
@@ -32,6 +33,7 @@ import tensorflow as tf
 from amr_tf.attacks.core import one_step_l2, pgd_l2, random_l2
 from amr_tf.data.sampling import TripletSampler
 from amr_tf.errors import AmrError
+from amr_tf.models.losses import BPRLoss
 
 ATTACKS = ("grad", "pgd", "random")
 LOSSES = ("bpr", "ranking")
@@ -51,29 +53,35 @@ def training_triplets(dataset, seed: int = 0, epochs: int = 1, exclude_cold_star
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
+def _pairwise_loss(model):
+    """The model's own pairwise loss (``loss=``; BPR by default), which the attacker maximises."""
+    return getattr(model, "pairwise_loss", None) or BPRLoss()
+
+
 def bpr_loss_fn(model, users, pos, neg):
-    """``features -> sum softplus(-(s_ui - s_uj))`` over the given triplets, with the model's weights fixed."""
+    """``features -> loss(s_ui - s_uj)`` (BPR: ``sum softplus(-(s_ui - s_uj))``) over the triplets, weights fixed."""
     _check_visual(model)
     users, pos, neg = (tf.constant(np.asarray(a), tf.int32) for a in (users, pos, neg))
+    pairwise = _pairwise_loss(model)
 
     def loss(features):
         p = tf.gather(model.user_vectors(), users)
         v = model.item_vectors(features)
-        x = tf.reduce_sum(p * (tf.gather(v, pos) - tf.gather(v, neg)), axis=1)
-        return tf.reduce_sum(tf.nn.softplus(-x))
+        return pairwise(tf.reduce_sum(p * (tf.gather(v, pos) - tf.gather(v, neg)), axis=1))
 
     return loss
 
 
 def ranking_loss_fn(model, dataset):
-    """``features -> sum_u sum_j softplus(-(s_u,test - s_u,j))`` over every user's test candidates."""
+    """``features -> sum_u sum_j loss(s_u,test - s_u,j)`` over every user's test candidates."""
     _check_visual(model)
     cands = tf.constant(np.asarray(dataset.test_candidates), tf.int32)
+    pairwise = _pairwise_loss(model)
 
     def loss(features):
         scores = tf.matmul(model.user_vectors(), model.item_vectors(features), transpose_b=True)
         cand = tf.gather(scores, cands, batch_dims=1)  # (users, 1 + negatives)
-        return tf.reduce_sum(tf.nn.softplus(-(cand[:, :1] - cand[:, 1:])))
+        return pairwise(cand[:, :1] - cand[:, 1:])
 
     return loss
 

@@ -21,7 +21,7 @@ from amr_tf.datasets.movielens_posters import (
     default_shared_data_dir,
 )
 from amr_tf.errors import AmrError
-from amr_tf.cli import non_negative_int, positive_int
+from amr_tf.flags import non_negative_int, positive_int
 
 
 def _negatives(text: str) -> int | None:

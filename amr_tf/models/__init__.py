@@ -1,12 +1,39 @@
-"""Recommenders: MF-BPR, VBPR, AMR (Keras models with a custom ``train_step``) and Popularity."""
+"""Recommenders: MF-BPR, VBPR, AMR (Keras models with a custom ``train_step``) and Popularity.
 
-from amr_tf.models.amr import AMR
-from amr_tf.models.base import PairwiseModel
-from amr_tf.models.base import MFBPR
-from amr_tf.models.optimizers import Adagrad
-from amr_tf.models.popularity import Popularity
-from amr_tf.models.vbpr import VBPR
+Layers inside, bottom up: :mod:`.losses` (the pairwise loss), :mod:`.adversary` (AMR's
+perturbation), :mod:`.variables` and :mod:`.optimizers`; :mod:`.base` (the training loop),
+:mod:`.vbpr` and :mod:`.amr` (the models); :mod:`.registry` (the list of models every entry point
+reads; it imports no TensorFlow). The names below are imported on first use, so that
+``amr_tf.models.registry`` stays light (the command line's ``--help``).
+"""
 
-MODEL_CLASSES = {"MFBPR": MFBPR, "VBPR": VBPR, "AMR": AMR}
+import importlib
 
-__all__ = ["AMR", "Adagrad", "MFBPR", "MODEL_CLASSES", "PairwiseModel", "Popularity", "VBPR"]
+_LAZY = {
+    "AMR": "amr_tf.models.amr",
+    "Adagrad": "amr_tf.models.optimizers",
+    "BPRLoss": "amr_tf.models.losses",
+    "MFBPR": "amr_tf.models.base",
+    "PairwiseModel": "amr_tf.models.base",
+    "Popularity": "amr_tf.models.popularity",
+    "VBPR": "amr_tf.models.vbpr",
+}
+
+__all__ = sorted(_LAZY) + ["MODEL_CLASSES"]
+
+
+def __getattr__(name):
+    if name == "MODEL_CLASSES":  # {class name: class} of the trainable models (see .registry)
+        from amr_tf.models.registry import model_classes
+
+        value = model_classes()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'amr_tf.models' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

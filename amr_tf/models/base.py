@@ -11,27 +11,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from amr_tf import compat
 from amr_tf.errors import AmrError
 from amr_tf.evaluation import DEFAULT_KS, candidate_ranks
 from amr_tf.metrics import ranking_metrics
+from amr_tf.models.adversary import replica_context
+from amr_tf.models.losses import BPRLoss, get_loss
 from amr_tf.models.optimizers import Adagrad
 from amr_tf.models.serving import ServingMixin
 from amr_tf.models.variables import variable_rows
 
 
-def replica_context():
-    """The replica context of a multi-replica ``tf.distribute`` step, or ``None`` (one replica, or outside a step)."""
-    ctx = tf.distribute.get_replica_context()
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
-
-
-def _several_workers() -> bool:
-    """Whether this runs under a ``MultiWorkerMirroredStrategy`` with more than one worker."""
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)  # private in TF 2.21
-    return bool(in_multi_worker_mode()) if in_multi_worker_mode is not None else True
+def pair_margins(p, v):
+    """``s_ui - s_uj = p_u . (v_i - v_j)`` per triplet, from the users' rows (B x K) and positives-then-negatives (2B x K)."""
+    b = tf.shape(p)[0]
+    return tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)
 
 
 def _as_pair(values, n, name):
@@ -53,8 +47,9 @@ class ItemBatch:
 class PairwiseModel(ServingMixin, keras.Model):
     """Base of the BPR models: user embeddings ``P``, item embeddings ``Q``, Adagrad per matrix.
 
-    Scores are ``p_u . v_i``; subclasses define ``v_i``. The loss on a batch of triplets is the
-    original release's: ``sum softplus(-(s_ui - s_uj))`` plus
+    Scores are ``p_u . v_i``; subclasses define ``v_i``. The loss on a batch of triplets is
+    ``loss(s_ui - s_uj)`` (``loss=``, a pairwise loss of :mod:`amr_tf.models.losses`; by default
+    the original release's BPR sum ``sum softplus(-(s_ui - s_uj))``) plus
     ``r1 sum ||p_u||^2 + r2 sum (||v_i||^2 + ||v_j||^2) + r3 extra`` (sums over batch rows).
 
     Beside training (``train_step``), the model is a complete Keras citizen: ``evaluate`` /
@@ -78,6 +73,7 @@ class PairwiseModel(ServingMixin, keras.Model):
         seed: int | None = None,
         seen_items=None,
         eval_ks=DEFAULT_KS,
+        loss=None,
         **kwargs,
     ):
         """Create ``P`` (users x K) and ``Q`` (items x K), initialised as the original.
@@ -94,9 +90,12 @@ class PairwiseModel(ServingMixin, keras.Model):
                 users x items matrix, an ``AmrDataset`` (its ``train_matrix``) or ``None``
                 (set later with :meth:`set_seen_items`).
             eval_ks: the cut-offs K of the HR@K and NDCG@K metrics of :meth:`test_step`.
+            loss: the pairwise loss on score margins (:mod:`amr_tf.models.losses`; ``None``: the
+                original's BPR sum).
             **kwargs: passed to ``keras.Model`` (e.g. ``name``).
         """
         super().__init__(**kwargs)
+        self.pairwise_loss = get_loss(loss)
         for arg, value in (("num_users", num_users), ("num_items", num_items), ("embed_dim", embed_dim)):
             if int(value) <= 0:
                 raise AmrError(f"{arg} must be a positive integer, got {value}")
@@ -138,6 +137,8 @@ class PairwiseModel(ServingMixin, keras.Model):
             "seed": self.seed,
             "eval_ks": list(self.eval_ks),
             "name": self.name,
+            **({} if self.pairwise_loss == BPRLoss() else
+               {"loss": keras.saving.serialize_keras_object(self.pairwise_loss)}),
         }
 
     def parameter_groups(self) -> list:
@@ -205,26 +206,42 @@ class PairwiseModel(ServingMixin, keras.Model):
         unique, index = tf.unique(items)
         return ItemBatch(variable_rows(self.Q, items), unique, index)
 
-    def batch_item_vectors(self, batch: ItemBatch):
-        """Clean item vectors of the batch rows (2B x K)."""
+    def batch_item_vectors(self, batch: ItemBatch, feature_rows=None):
+        """Clean item vectors of the batch rows (2B x K); ``feature_rows`` (one per distinct item) if features are used."""
         return batch.q_rows
+
+    def batch_forward(self, p, batch: ItemBatch, feature_rows=None):
+        """``(margins, item_rows)``: ``s_ui - s_uj`` per triplet (B,) and the item vectors the penalty sees (2B x K).
+
+        The one scoring function of training: the clean pass, the adversary's gradient and its
+        second pass all call it. ``feature_rows`` are the distinct batch items' feature rows
+        (``batch.unique`` order), or ``None`` for the model's own; models without features ignore them.
+        """
+        v = self.batch_item_vectors(batch, feature_rows)
+        return pair_margins(p, v), v
+
+    def forward_terms(self, p, batch: ItemBatch):
+        """``(item_rows, clean loss, adversarial loss or None)`` of one batch.
+
+        Models with an adversary (:class:`~amr_tf.models.AMR`) override this: the clean pass is
+        computed once and also gives the adversary its gradient.
+        """
+        margins, v = self.batch_forward(p, batch)
+        return v, self.pairwise_loss(margins), None
 
     def extra_penalty(self):
         return tf.constant(0.0)
 
-    def adversarial_bpr(self, p, batch, x):
-        """The adversarial BPR sum on this batch, or ``None`` for models without an adversary."""
-        return None
-
     def pairwise_losses(self, users, pos, neg):
-        """All loss terms of one batch of triplets: ``loss`` (the objective), ``bpr_loss``, ``adv_loss``."""
+        """All loss terms of one batch of triplets: ``loss`` (the objective), ``bpr_loss``, ``adv_loss``.
+
+        ``bpr_loss`` is the clean pairwise loss (BPR unless the model was given another ``loss=``;
+        the name is kept for the logs), ``adv_loss`` the same loss under the adversary.
+        """
         users = tf.convert_to_tensor(users)
-        b = tf.shape(users)[0]
         p = variable_rows(self.P, users)
         batch = self.batch_items(pos, neg)
-        v = self.batch_item_vectors(batch)
-        x = tf.reduce_sum(p * (v[:b] - v[b:]), axis=-1)  # s_ui - s_uj
-        bpr = tf.reduce_sum(tf.nn.softplus(-x))
+        v, clean, adv = self.forward_terms(p, batch)
         r1, r2, r3 = self.regs
         # Penalties on the batch rows (repeats count each time), on the whole clean item vector.
         penalty = r1 * tf.reduce_sum(tf.square(p)) + r2 * tf.reduce_sum(tf.square(v))
@@ -232,9 +249,8 @@ class PairwiseModel(ServingMixin, keras.Model):
             # A penalty on a whole matrix belongs to the global batch: each of R replicas adds 1/R.
             ctx = replica_context()
             penalty += r3 * self.extra_penalty() / (1.0 if ctx is None else float(ctx.num_replicas_in_sync))
-        terms = {"bpr_loss": bpr}
-        loss = bpr + penalty
-        adv = self.adversarial_bpr(p, batch, x)
+        terms = {"bpr_loss": clean}
+        loss = clean + penalty
         if adv is not None:
             terms["adv_loss"] = adv
             loss = loss + self.adv_weight * adv
@@ -265,31 +281,11 @@ class PairwiseModel(ServingMixin, keras.Model):
             if tracker.name in terms:  # AMR with adv_weight=0 computes no adversarial term
                 tracker.update_state(terms[tracker.name])
         logs = {m.name: m.result() for m in self.metrics}
-        if _several_workers():
-            # Keras 3.15 averages the logs of several workers with ``strategy.reduce("MEAN", v,
-            # axis=0)``, which fails on a scalar ("Invalid reduction dimension 0 for input with 0
-            # dimensions", tensorflow/tensorflow#72388). Give each value a batch axis of one: the
-            # mean over it (the same value on every replica) is the scalar again.
-            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
-        return logs
+        return compat.multi_worker_logs(logs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras' build before ``fit``/``evaluate``, without reading a batch when nothing needs one.
-
-        The weights exist from ``__init__`` and the optimisers from ``compile``. Under a strategy,
-        Keras 3.15 (TF backend) still draws the first distributed batch and averages it over the
-        replicas with ``strategy.reduce``; ``MultiWorkerMirroredStrategy`` rejects a nested batch
-        there (our triplet: "Attempt to convert a value (PerReplica...) to a Tensor"), so a
-        multi-worker ``fit`` failed before its first step. The batch is only read to build
-        unbuilt layers, compiled metrics or losses; without them, build without it.
-        """
-        compiled = [getattr(self, "_compile_metrics", None), getattr(self, "_compile_loss", None)]
-        needs_batch = (not all(layer.built for layer in self._flatten_layers())
-                       or any(c is not None and not getattr(c, "built", False) for c in compiled))
-        if getattr(self, "_distribute_strategy", None) is None or needs_batch:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with self.distribute_strategy.scope():
-            self._symbolic_build()  # builds what is left (an unbuilt Keras optimiser), reads no data
+        # Keras 3.15 + MultiWorkerMirroredStrategy: see amr_tf.compat.maybe_symbolic_build.
+        return compat.maybe_symbolic_build(self, super()._maybe_symbolic_build, iterator, data_batch)
 
     @property
     def metrics(self):
@@ -357,8 +353,8 @@ class MFBPR(PairwiseModel):
 
     parameter_names = ("P", "Q")
 
-    def __init__(self, num_users: int, num_items: int, embed_dim: int = 64, regs=(0.0, 0.0, 0.0),
-                 learning_rates=(0.01, 0.01), init_stddev: float = 0.01, seed: int | None = None,
+    def __init__(self, num_users: int, num_items: int, embed_dim: int = 64, regs=(1e-3, 1e-3, 0.0),
+                 learning_rates=(0.05, 0.05), init_stddev: float = 0.01, seed: int | None = None,
                  seen_items=None, **kwargs):
         """MF-BPR with ``P`` (users x K) and ``Q`` (items x K).
 
@@ -368,7 +364,7 @@ class MFBPR(PairwiseModel):
             learning_rates: ``(lr_P, lr_Q)`` of the two Adagrad optimisers.
             init_stddev, seed: the truncated-normal initialisation.
             seen_items: the users' training items (see :class:`PairwiseModel`).
-            **kwargs: ``eval_ks``, ``name`` and other ``keras.Model`` arguments.
+            **kwargs: ``loss``, ``eval_ks``, ``name`` and other ``keras.Model`` arguments.
         """
         super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates,
                          init_stddev=init_stddev, seed=seed, seen_items=seen_items, **kwargs)

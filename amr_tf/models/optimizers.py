@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from amr_tf import compat
 from amr_tf.models.variables import variable_rows
 
 
@@ -50,7 +51,7 @@ class Adagrad(keras.optimizers.Adagrad):
         lr = tf.cast(learning_rate, variable.dtype)
         values = tf.cast(gradient.values, variable.dtype)
         indices, shape = gradient.indices, gradient.dense_shape
-        accumulator = self._accumulators[self._get_variable_index(variable)]
+        accumulator = compat.optimizer_slot(self, self._accumulators, variable)
         self.assign_add(accumulator, tf.IndexedSlices(tf.square(values), indices, shape))
         # Resource ops on the same variable run in program order: this reads the updated rows.
         accumulated = variable_rows(accumulator, indices)

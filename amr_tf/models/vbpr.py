@@ -15,23 +15,23 @@ from amr_tf.models.variables import variable_rows
 
 
 def project(rows, E):
-    """``rows @ E`` for constant ``rows`` (n x F), with the gradient w.r.t. ``E`` as ``(dY^T rows)^T``.
+    """``rows @ E``, with the gradient w.r.t. ``E`` arranged as ``(dY^T rows)^T``.
 
     Autodiff would compute ``dE = rows^T dY``: a matmul with a transposed, long left operand that
     oneDNN runs about half as fast here as the same product arranged as ``dY^T rows`` (the two
     transposes are of small n x K and K x F matrices). The values are equal up to round-off.
-    No gradient flows to ``rows``.
+    The gradient w.r.t. ``rows`` is the usual ``dY E^T``; it is only computed when something asks
+    for it (the adversary's tape watching the feature rows), as TensorFlow prunes unused gradients.
     """
-    rows = tf.stop_gradient(rows)
 
     @tf.custom_gradient
-    def _project(e):
+    def _project(r, e):
         def grad(dy):
-            return tf.transpose(tf.matmul(tf.transpose(dy), rows))
+            return tf.matmul(dy, e, transpose_b=True), tf.transpose(tf.matmul(tf.transpose(dy), r))
 
-        return tf.matmul(rows, e), grad
+        return tf.matmul(r, e), grad
 
-    return _project(tf.convert_to_tensor(E))
+    return _project(tf.convert_to_tensor(rows), tf.convert_to_tensor(E))
 
 
 def resident_features(features: np.ndarray, chunk_bytes: int = 32 << 20) -> tf.Variable:
@@ -170,10 +170,25 @@ class VBPR(PairwiseModel):
         v = variable_rows(self.Q, flat) + tf.gather(visual, index)
         return tf.reshape(v, tf.concat([tf.shape(items), [self.embed_dim]], axis=0))
 
-    def batch_item_vectors(self, batch):
-        # The visual part c_i E once per distinct item of the batch, then spread over its rows.
-        visual = project(variable_rows(self.features, batch.unique), self.E)
+    #: ``s_ui = p_u . (q_i + c_i E)`` is linear in the feature row ``c_i``, through ``c_i E``: AMR's
+    #: adversary may take its fast projected path (:mod:`amr_tf.models.amr`). A subclass that
+    #: overrides the scoring (``batch_forward``, ``batch_item_vectors``, ``batch_visual``,
+    #: ``item_rows_from_visual``) loses this unless it declares it again.
+    visual_projection_is_linear = True
+
+    def batch_visual(self, batch, feature_rows=None):
+        """``c_i E`` once per distinct item of the batch (n x K); ``feature_rows`` replace the ``c_i``."""
+        if feature_rows is None:
+            feature_rows = variable_rows(self.features, batch.unique)
+        return project(feature_rows, self.E)
+
+    def item_rows_from_visual(self, batch, visual):
+        """The batch rows' item vectors ``q_i + c_i E`` from the distinct items' visual parts."""
         return batch.q_rows + tf.gather(visual, batch.index)
+
+    def batch_item_vectors(self, batch, feature_rows=None):
+        # The visual part c_i E once per distinct item of the batch, then spread over its rows.
+        return self.item_rows_from_visual(batch, self.batch_visual(batch, feature_rows))
 
     def extra_penalty(self):
         return tf.reduce_sum(tf.square(self.E))

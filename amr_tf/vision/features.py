@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from amr_tf.errors import AmrError, DataError
-from amr_tf.cli import positive_int
+from amr_tf.flags import positive_int
 from amr_tf.io import atomic_write_npy
 from amr_tf.vision.efficientnet_lite import FEATURE_DIM, IMAGE_SIZE, build_feature_extractor
 from amr_tf.vision.preprocess import CROP_FRACTION, load_and_preprocess
