@@ -20,12 +20,25 @@ MAX_STEPS_PER_EXECUTION = 256
 _train_functions = weakref.WeakKeyDictionary()  # model -> {(steps, optimisers): traced train function}
 
 
+# The order of the CLI's three learning rates (``--lr [lr_P,lr_Q,lr_E]``).
+_RATE_ORDER = ("P", "Q", "E")
+
+
+def _rates_for(parameter_names, rates) -> tuple:
+    """The learning rates of a model's matrices: given per matrix, or picked by name from (P, Q, E)."""
+    rates = tuple(rates)
+    if len(rates) == len(_RATE_ORDER) and len(parameter_names) < len(rates):
+        return tuple(rates[_RATE_ORDER.index(name)] for name in parameter_names)  # DUIF: (lr_P, lr_E)
+    return rates
+
+
 def build_model(name: str, dataset, seed=None, compile=True, **hyper_parameters):
     """A freshly initialised (and compiled) model of the named kind (see :mod:`amr_tf.models.registry`) for ``dataset``.
 
     Hyper-parameters not given, or given as ``None``, take the registry's defaults for that model;
     those the model does not have (``eps`` for VBPR) are ignored, so one set of arguments fits
-    every model. ``learning_rates`` is cut to the model's number of weight matrices (MF-BPR: 2).
+    every model. Three ``learning_rates`` (P, Q, E) are picked by name for models with fewer
+    matrices (MF-BPR: P, Q; DUIF: P, E).
     """
     spec = registry.lookup(name)
     if not spec.trainable:
@@ -36,7 +49,7 @@ def build_model(name: str, dataset, seed=None, compile=True, **hyper_parameters)
         raise AmrError(f"build_model: unknown argument(s) {', '.join(sorted(unknown))}")
     params = {**spec.defaults, **{k: v for k, v in given.items() if k in spec.arguments}}
     if "learning_rates" in params:
-        params["learning_rates"] = tuple(params["learning_rates"])[:len(spec.cls.parameter_names)]
+        params["learning_rates"] = _rates_for(spec.cls.parameter_names, params["learning_rates"])
     # The dataset's training pairs are the seen items that recommend() / export() exclude.
     model = spec.build(dataset, seed=seed, seen_items=dataset.train_matrix, **params)
     if compile:

@@ -323,13 +323,16 @@ def load_weights(model, path, manifest: dict | None = None) -> None:
 def load_checkpoint(path, dataset, compile: bool = True, **overrides):
     """Rebuild the model a manifest describes on ``dataset``'s features and load its weights."""
     from amr_tf.errors import AmrError
-    from amr_tf.models import MODEL_CLASSES
+    from amr_tf.models import registry
 
     manifest = read_manifest(path)
-    cls = MODEL_CLASSES.get(manifest["model"])
-    if cls is None:
+    classes = registry.model_classes()
+    name = manifest["model"]
+    spec = registry.lookup(name) if isinstance(name, str) and name in classes else None
+    if spec is None:
         raise CheckpointError(f"{path}: unknown model class {manifest['model']!r} "
-                              f"(expected one of {', '.join(MODEL_CLASSES)})")
+                              f"(expected one of {', '.join(classes)})")
+    cls = spec.cls
     config = {k: v for k, v in manifest["config"].items() if k != "feature_dim"}
     config.update(overrides)
     fp = (manifest.get("dataset") or {}).get("fingerprint")
@@ -354,10 +357,7 @@ def load_checkpoint(path, dataset, compile: bool = True, **overrides):
         check_model_fits(dataset.num_users, dataset.num_items, dataset.feature_dim, config["embed_dim"],
                          f"{path}: the manifest's configuration", CheckpointError)
     try:
-        if cls.__name__ == "MFBPR":
-            model = cls(**config)
-        else:
-            model = cls(features=dataset.features, **config)
+        model = spec.from_config(config, features=dataset.features)
     except AmrError as exc:
         raise CheckpointError(f"{path}: the manifest's configuration is invalid ({exc})") from None
     except (TypeError, ValueError, OverflowError) as exc:

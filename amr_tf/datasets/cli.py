@@ -12,6 +12,8 @@ import shlex
 import sys
 import time
 
+from amr_tf.flags import non_negative_float, positive_int, seed_int
+
 __all__ = ["add_build_dataset_subcommand", "run_build_dataset"]
 
 DEFAULT_NEGATIVES = 500  # as the embedded dataset (see its card for why)
@@ -20,14 +22,10 @@ DEFAULT_MIN_ITEM = 1
 
 
 def _negatives(text: str):
-    from amr_tf.cli import positive_int
-
     return None if text == "max" else positive_int(text)
 
 
 def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
-    from amr_tf.cli import non_negative_float, positive_int, seed_int
-
     p.add_argument("--out", required=True, metavar="DIR", help="output dataset directory (replaced atomically)")
     g = p.add_argument_group("split protocol (amr_tf/datasets/protocol.py)")
     g.add_argument("--min-rating", type=non_negative_float, default=None, metavar="R",
@@ -46,8 +44,6 @@ def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
 
 def add_build_dataset_subcommand(subparsers) -> argparse.ArgumentParser:
     """Add ``build-dataset`` (with ``amazon`` and ``interactions``) to an argparse subparsers object."""
-    from amr_tf.cli import positive_int
-
     p = subparsers.add_parser(
         "build-dataset", help="build a dataset directory from Amazon reviews or any interaction log",
         description=__doc__.splitlines()[0],

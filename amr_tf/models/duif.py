@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from amr_tf.models.amr import AMR
 from amr_tf.models.variables import variable_rows
 from amr_tf.models.vbpr import VBPR, project
 
@@ -73,3 +74,12 @@ class DUIF(VBPR):
         if feature_rows is None:
             feature_rows = variable_rows(self.features, batch.unique)
         return self.item_rows_from_visual(batch, project(feature_rows, self.E))
+
+
+@keras.saving.register_keras_serializable(package="amr_tf")
+class AdversarialDUIF(DUIF, AMR):
+    """DUIF trained against AMR's feature adversary (``eps``, ``adv_weight``, ``adv_type`` as :class:`AMR`).
+
+    Nothing is re-derived: DUIF's scores are linear in ``c_i E``, so the AMR training step applies
+    as it stands (the projected fast path where it is selected, else the tape-derived adversary).
+    """

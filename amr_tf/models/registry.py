@@ -97,6 +97,10 @@ MODELS = (  # simplest first: MF-BPR, VBPR (+ visual), AMR (+ adversary), then t
     ModelSpec("VBPR", "amr_tf.models.vbpr:VBPR", needs_features=True, description="visual BPR, s = p . (q + c E)"),
     ModelSpec("AMR", "amr_tf.models.amr:AMR", needs_features=True,
               description="VBPR trained against the feature adversary"),
+    ModelSpec("DUIF", "amr_tf.models.duif:DUIF", needs_features=True,
+              description="image features only, s = p . (c E) (Geng et al. 2015)"),
+    ModelSpec("AMR_DUIF", "amr_tf.models.duif:AdversarialDUIF", needs_features=True, aliases=("AMR-DUIF", "ADUIF"),
+              description="DUIF trained against the feature adversary"),
     ModelSpec("POP", "amr_tf.models.popularity:Popularity", needs_features=False, trainable=False,
               aliases=("POPULARITY",), description="items ranked by their number of training pairs"),
 )
