@@ -18,17 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Layer of each module prefix, bottom (0) to top; see docs/design.md for the picture.
 LAYERS = {
     "amr_tf.errors": 0, "amr_tf.flags": 0, "amr_tf.compat": 0, "amr_tf.io": 0, "amr_tf.safe_io": 0,
-    "amr_tf._startup": 0,
+    "amr_tf._startup": 0, "amr_tf.run_dir": 0,
     "amr_tf.vision": 1,
-    "amr_tf.datasets": 2,
-    "amr_tf.data": 3, "amr_tf.evaluation": 3, "amr_tf.metrics": 3,
+    "amr_tf.data": 2,
+    "amr_tf.datasets": 3, "amr_tf.evaluation": 3, "amr_tf.metrics": 3,
     "amr_tf.models": 4,
     "amr_tf.attacks": 5, "amr_tf.checkpoints": 5,
-    "amr_tf.callbacks": 6, "amr_tf.pretrained": 6,
+    "amr_tf.callbacks": 6, "amr_tf.pretrained": 6, "amr_tf.run_record": 6,
     "amr_tf.training": 7,
     "amr_tf.cli": 8, "amr_tf.__main__": 8,
 }
-FACADES = {"amr_tf", "amr_tf.models", "amr_tf.attacks", "amr_tf.data", "amr_tf.vision"}
+# ``amr_tf.datasets``' __init__ holds only the embedded data's folder (which the loader's registry names).
+FACADES = {"amr_tf", "amr_tf.models", "amr_tf.attacks", "amr_tf.data", "amr_tf.datasets", "amr_tf.vision"}
 
 
 def modules() -> dict:
