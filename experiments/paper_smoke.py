@@ -5,7 +5,7 @@
 
 Everything is measured on the TEST split (the project has no validation split yet); the eALS
 settings and the shared attack's defaults were chosen on it, so these are smoke numbers, not
-results for claims. ``band`` uses the shipped checkpoints ``pretrained/{vbpr,amr}-movielens-posters``.
+results for claims. ``band`` uses the shipped checkpoints ``vbpr-movielens-posters`` and ``amr-movielens-posters`` (amr_tf/pretrained).
 """
 
 import sys
@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from amr_tf import pretrained
 from amr_tf.data import resolve_dataset
 from amr_tf.evaluation import evaluate
 
@@ -44,7 +45,7 @@ def band(ds):
 
     print("model eps | clean certified | shared (time) | grad-bpr grad-ranking pgd-ranking", flush=True)
     for name in ("vbpr", "amr"):
-        model, _ = load_checkpoint(f"pretrained/{name}-movielens-posters", ds, compile=False)
+        model, _ = load_checkpoint(pretrained.path(f"{name}-movielens-posters"), ds, compile=False)
         cert = Certifier(model, ds)
         clean = cert.at(0.0).metrics["HR@10"]
         assert abs(clean - evaluate(model, ds)["HR@10"]) < 1e-12

@@ -656,7 +656,7 @@ def build_parser(name: str, description: str, trains: bool = True, add_arguments
         return p
     p.add_argument("--pretrained", default=None,
                    help="pretrained VBPR checkpoint (NAME, NAME.weights.h5 or an original .npy); default "
-                        "pretrained/vbpr-<dataset> if it exists for this dataset; 'none' trains one here")
+                        "amr_tf/pretrained/vbpr-<dataset> if it exists for this dataset; 'none' trains one here")
     p.add_argument("--cache", default=None, help="trained-model cache (default <out>/cache)")
     p.add_argument("--no-cache", action="store_true", help="train every model afresh and keep none on disk")
     p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..N-1)")
