@@ -94,7 +94,7 @@ def _register_models(exec_module, module) -> None:
     exec_module(module)
     # amr_tf's Keras classes register themselves on import: with them registered whenever Keras
     # is, ``keras.models.load_model("m.keras")`` works after a bare ``import amr_tf``.
-    importlib.import_module("amr_tf.models")
+    importlib.import_module("amr_tf.models").register_keras_classes()
 
 
 class _ImportHook(importlib.abc.MetaPathFinder):
@@ -126,7 +126,7 @@ def configure() -> None:
     """Quiet TensorFlow's start-up unless :func:`verbose_tf` (a no-op once TensorFlow is imported),
     and register amr_tf's Keras classes whenever Keras is imported."""
     if "keras" in sys.modules:
-        importlib.import_module("amr_tf.models")  # Keras is loaded already: registering costs little
+        importlib.import_module("amr_tf.models").register_keras_classes()  # Keras is loaded: cheap now
     else:
         _install("keras", _register_models)
     if verbose_tf() or "tensorflow" in sys.modules:

@@ -35,5 +35,16 @@ def __getattr__(name):
     return value
 
 
+def register_keras_classes() -> None:
+    """Import every model class of the registry (and the optimiser), so that their
+    ``@keras.saving.register_keras_serializable`` decorators have run: ``keras.models.load_model``
+    then finds them. :mod:`amr_tf._startup` calls it whenever Keras is imported."""
+    from amr_tf.models.registry import MODELS
+
+    importlib.import_module("amr_tf.models.optimizers")
+    for spec in MODELS:
+        spec.cls  # noqa: B018 - importing the class's module registers it
+
+
 def __dir__():
     return sorted(set(globals()) | set(__all__))
