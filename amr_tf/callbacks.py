@@ -111,9 +111,12 @@ class EvaluationCallback(keras.callbacks.Callback):
         if self.print_fn is not None:
             self.print_fn(f"epoch {epoch}: {format_metrics(metrics)}")
         if self.checkpoints is not None:
-            self.checkpoints.save("last", self.model, epoch, metrics=metrics)
+            # 'best' before 'last': a run killed between the two resumes from the older 'last' and
+            # recomputes this epoch bit for bit, so the new 'best' is never lost (the other order
+            # lost it when the kill came after 'last': the resumed run had nothing left to redo).
             if improved:
                 self.checkpoints.save("best", self.model, epoch, metrics=metrics)
+            self.checkpoints.save("last", self.model, epoch, metrics=metrics)
         if logs is not None:
             logs.update(metrics)
         return metrics
