@@ -519,7 +519,13 @@ def cmd_evaluate(args) -> int:
         model, manifest = load_checkpoint(args.checkpoint, ds)
         label = manifest["model"]
     print(ds.summary())
-    print_table({label: evaluate(model, ds, protocol=args.protocol)})
+    rows = {}
+    if ds.validation_candidates is not None:
+        rows[f"{label} (validation)"] = evaluate(model, ds, protocol=args.protocol, split="validation")
+        rows[f"{label} (test)"] = evaluate(model, ds, protocol=args.protocol)
+    else:
+        rows[label] = evaluate(model, ds, protocol=args.protocol)
+    print_table(rows)
     return 0
 
 

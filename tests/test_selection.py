@@ -81,7 +81,7 @@ def test_poisoned_test_split_changes_no_selection(runs):
 
 
 @pytest.mark.slow
-def test_patience_stops_early_and_says_why(runs):
+def test_patience_stops_early_and_says_why(runs, capsys):
     run_dir, summary = runs["clean"]
     stopped = summary["stopped_early"]
     assert summary["epochs"] == stopped["epoch"] < EPOCHS
@@ -101,6 +101,12 @@ def test_patience_stops_early_and_says_why(runs):
         assert [step for step, _ in scalars[tag]] == list(range(stopped["epoch"] + 1)), tag
     assert scalars["val/NDCG@10"][-1][1] == np.float32(summary["final"]["val_NDCG@10"])
     assert scalars["test/NDCG@10"][-1][1] == np.float32(summary["final"]["NDCG@10"])
+    # 'evaluate' of the selected checkpoint shows both splits.
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "best"), "--dataset", str(runs["data"])]) == 0
+    out = capsys.readouterr().out
+    assert "| VBPR (validation) |" in out and "| VBPR (test) |" in out
+    assert f"{summary['selected']['val_HR@10']:.4f}" in out.split("(validation)")[1].splitlines()[0]
     # Resuming a run that stopped early trains nothing more.
     assert main(["train", "--resume", "--weight_dir", str(run_dir), "--quiet"]) == 0
     again = json.loads((run_dir / "metrics.json").read_text())
