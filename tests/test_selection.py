@@ -1,6 +1,7 @@
 """Issue 13, selection on validation only: the CLI's ``best`` checkpoint, ``best_epoch`` and early
 stopping (``--patience``) read the validation split and never the test candidates.
 
+All fast (the module fixture, two short CLI runs, is ~4 s), so the poisoning check runs by default.
 The runs use the tiny synthetic dataset written as a directory with a ``val.txt`` (carved by
 ``carve_holdout`` and written, so the validation rows are fixed files that poisoning ``neg.txt``
 cannot change). ``--cold_start_rule false``: the original's cold-start rule rejects the *test*
@@ -63,7 +64,6 @@ def runs(tmp_path_factory):
             "data": clean, "tmp": tmp}
 
 
-@pytest.mark.slow
 def test_poisoned_test_split_changes_no_selection(runs):
     (a_dir, a), (b_dir, b) = runs["clean"], runs["poisoned"]
     # The poison reached the test metrics...
@@ -80,7 +80,6 @@ def test_poisoned_test_split_changes_no_selection(runs):
         assert json.loads((run_dir / "best.json").read_text())["epoch"] == a["best_epoch"]
 
 
-@pytest.mark.slow
 def test_patience_stops_early_and_says_why(runs, capsys):
     run_dir, summary = runs["clean"]
     stopped = summary["stopped_early"]
@@ -113,7 +112,6 @@ def test_patience_stops_early_and_says_why(runs, capsys):
     assert again["epochs"] == summary["epochs"] and again["best_epoch"] == summary["best_epoch"]
 
 
-@pytest.mark.slow
 def test_resume_keeps_the_best_validation_score(runs):
     """Interrupted after epoch 10 (best at 8, two evaluations without improvement), then resumed:
     the same best epoch, early stop and best weights as the uninterrupted run. A resume that chose
