@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from amr_tf.checkpoints import non_finite_weights
-from amr_tf.errors import TrainingDivergedError
+from amr_tf.errors import AmrError, TrainingDivergedError
 from amr_tf.evaluation import DEFAULT_KS, evaluate, format_metrics
 from amr_tf.run_record import EvaluationHistory, RunCheckpoints, ScalarLog
 
@@ -72,24 +72,52 @@ class EvaluationCallback(keras.callbacks.Callback):
     (every ``every`` epochs and after the last one; ``last`` also every ``save_every`` epochs in
     between, a cheap checkpoint to resume from whose manifest has ``epoch`` but no ``metrics``)
     and hands the results to an :class:`~amr_tf.run_record.EvaluationHistory` (best by
-    ``monitor``, default NDCG@10), a :class:`~amr_tf.run_record.ScalarLog` (``logdir``; losses
-    every epoch as ``train/<loss>``, metrics at evaluations, step = epochs done) and
+    ``monitor``), a :class:`~amr_tf.run_record.ScalarLog` (``logdir``; losses every epoch as
+    ``train/<loss>``, metrics at evaluations, step = epochs done) and
     :class:`~amr_tf.run_record.RunCheckpoints` (``checkpoint_dir``: ``best`` and ``last``). The
     metrics are also added to the epoch's ``logs`` so that History and the callbacks after this
-    one see them. For metrics that every callback sees in any order, use
-    ``fit(..., validation_data=...)`` (``val_HR@10``, ...; :mod:`amr_tf.metrics`).
+    one see them.
+
+    **Selection.** When the dataset has a validation split (``validation_candidates``), every
+    evaluation ranks both splits: the logs and records carry ``val_HR@10``, ``val_NDCG@10``, ...
+    and the test metrics under their plain names (``HR@10``, ...); TensorBoard shows them as
+    ``val/NDCG@10`` and ``test/NDCG@10``. ``monitor`` defaults to ``"val_NDCG@10"`` then, so the
+    ``best`` checkpoint and ``best_epoch`` never depend on the test items. Without a validation
+    split the monitor is the test ``"NDCG@10"`` (the original protocol; metrics and TensorBoard
+    tags unchanged), and :attr:`selection` says so. ``patience`` (> 0, validation monitors only)
+    stops training after that many evaluations without improvement of the monitor
+    (``model.stop_training``); :attr:`stopped` then describes why, and so does the ``last``
+    checkpoint's manifest (``stopped_early``).
     """
 
     def __init__(self, dataset, every: int = 1, logdir=None, checkpoint_dir=None, ks=DEFAULT_KS,
-                 monitor: str = "NDCG@10", protocol: str = "sampled", print_fn=print, manifest_extra=None,
-                 save_every: int | None = None):
+                 monitor: str | None = None, protocol: str = "sampled", print_fn=print, manifest_extra=None,
+                 save_every: int | None = None, patience: int = 0):
         super().__init__()
         self.dataset, self.every, self.ks = dataset, max(1, int(every)), tuple(ks)
         self.protocol, self.print_fn = protocol, print_fn
         self.save_every = None if not save_every else int(save_every)
+        self.validated = getattr(dataset, "validation_candidates", None) is not None
+        if monitor is None:
+            monitor = "val_NDCG@10" if self.validated else "NDCG@10"
+        if monitor.startswith("val_") and not self.validated:
+            raise AmrError(f"monitor {monitor!r}: {getattr(dataset, 'name', 'the dataset')} has no validation split "
+                           "(--validation holdout, or a val.txt, gives it one)")
+        self.patience = int(patience or 0)
+        if self.patience < 0:
+            raise AmrError(f"patience must be a non-negative integer, got {patience}")
+        if self.patience and not monitor.startswith("val_"):
+            raise AmrError(f"patience {self.patience}: early stopping needs a validation monitor (val_...), "
+                           f"not {monitor!r}; stopping on test metrics would select on the test items")
+        if monitor.startswith("val_"):
+            self.selection = monitor
+        else:
+            self.selection = f"test_{monitor}" + ("" if self.validated else " (no validation split: the original protocol)")
         self.evaluations = EvaluationHistory(monitor)
         self.scalars = None if logdir is None else ScalarLog(logdir)
-        self.checkpoints = None if checkpoint_dir is None else RunCheckpoints(checkpoint_dir, dataset, manifest_extra)
+        extra = {**dict(manifest_extra or {}), "selection": self.selection}
+        self.checkpoints = None if checkpoint_dir is None else RunCheckpoints(checkpoint_dir, dataset, extra)
+        self.stopped = None
         self._final_epoch = None
 
     # The run's record, as attributes (the CLI and the reproduction scripts read them).
@@ -98,25 +126,50 @@ class EvaluationCallback(keras.callbacks.Callback):
     best = property(lambda self: self.evaluations.best)
     best_epoch = property(lambda self: self.evaluations.best_epoch)
 
-    def restore(self, best_manifest: dict | None) -> None:
-        """Carry the best score over from a resumed run's ``best`` checkpoint manifest."""
-        self.evaluations.restore(best_manifest)
+    def restore(self, best_manifest: dict | None, previous=()) -> None:
+        """Carry the best score over from a resumed run's ``best`` checkpoint manifest (and, from the
+        evaluations it recorded, ``previous``, how many evaluations ago it was: patience goes on)."""
+        self.evaluations.restore(best_manifest, previous)
+
+    def measure(self) -> dict:
+        """The model's metrics now, without recording them: ``val_<metric>`` (with a validation
+        split), then the test metrics under their plain names."""
+        test = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol)
+        if not self.validated:
+            return test
+        val = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol, split="validation")
+        return {**{f"val_{k}": v for k, v in val.items()}, **test}
 
     def evaluate_now(self, epoch: int, logs=None) -> dict:
         """Evaluate the model now and record it as epoch ``epoch`` (the CLI also calls this before training)."""
-        metrics = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol)
+        metrics = self.measure()
+        val = {k[4:]: v for k, v in metrics.items() if k.startswith("val_")}
+        test = {k: v for k, v in metrics.items() if not k.startswith("val_")}
         improved = self.evaluations.add(epoch, metrics)
         if self.scalars is not None:
-            self.scalars.write(epoch, metrics)
+            if self.validated:
+                self.scalars.write(epoch, val, prefix="val/")
+                self.scalars.write(epoch, test, prefix="test/")
+            else:
+                self.scalars.write(epoch, metrics)
         if self.print_fn is not None:
-            self.print_fn(f"epoch {epoch}: {format_metrics(metrics)}")
+            text = f"val {format_metrics(val)} | test {format_metrics(test)}" if self.validated else format_metrics(metrics)
+            self.print_fn(f"epoch {epoch}: {text}")
+        extra = {}
+        if self.patience and not improved and self.evaluations.wait >= self.patience:
+            self.stopped = {
+                "epoch": epoch, "best_epoch": self.best_epoch, "monitor": self.monitor, "patience": self.patience,
+                "reason": f"no improvement of {self.monitor} in {self.evaluations.wait} evaluations "
+                          f"(--patience {self.patience}); best at epoch {self.best_epoch}",
+            }
+            extra["stopped_early"] = self.stopped
         if self.checkpoints is not None:
             # 'best' before 'last': a run killed between the two resumes from the older 'last' and
             # recomputes this epoch bit for bit, so the new 'best' is never lost (the other order
             # lost it when the kill came after 'last': the resumed run had nothing left to redo).
             if improved:
                 self.checkpoints.save("best", self.model, epoch, metrics=metrics)
-            self.checkpoints.save("last", self.model, epoch, metrics=metrics)
+            self.checkpoints.save("last", self.model, epoch, metrics=metrics, **extra)
         if logs is not None:
             logs.update(metrics)
         return metrics
@@ -130,6 +183,10 @@ class EvaluationCallback(keras.callbacks.Callback):
             self.scalars.write(done, {name: logs[name] for name in LOSS_NAMES if name in logs}, prefix="train/")
         if done % self.every == 0 or done == self._final_epoch:
             self.evaluate_now(done, logs)
+            if self.stopped is not None:
+                if self.print_fn is not None:
+                    self.print_fn(f"stopped early at epoch {done}: {self.stopped['reason']}")
+                self.model.stop_training = True
         elif self.checkpoints is not None and self.save_every and done % self.save_every == 0:
             self.checkpoints.save("last", self.model, done)
 

@@ -38,7 +38,7 @@ from amr_tf.models import registry
 RESUME_FIXED = ("model", "adv", "adv_type", "lr", "regs", "eps", "adv_weight", "embed_dim", "batch_size", "seed",
                 "cold_start_rule", "protocol")
 # Taken from the checkpoint unless given (the dataset's fingerprint is checked instead of its name).
-RESUME_INHERITED = ("dataset", "path", "cnn", "validation", "epoch", "verbose", "save_every", "logdir")
+RESUME_INHERITED = ("dataset", "path", "cnn", "validation", "epoch", "verbose", "save_every", "logdir", "patience")
 
 
 # ---------------------------------------------------------------------------- sub-commands
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch_size", type=positive_int, default=512)
     t.add_argument("--epoch", type=non_negative_int, default=20, help="number of epochs (the original ran 2000)")
     t.add_argument("--verbose", type=positive_int, default=5, help="evaluate every N epochs")
+    t.add_argument("--patience", type=non_negative_int, default=0,
+                   help="stop after N evaluations without improvement of val_NDCG@10 (needs a validation split: "
+                        "--validation holdout or a val.txt; 0: never stop early)")
     t.add_argument("--weight_dir", default=None, help="where checkpoints go (default runs/<dataset>-<model>-<time>)")
     t.add_argument("--logdir", default=None, help="TensorBoard log directory (default <weight_dir>/logs)")
     t.add_argument("--pretrained", default=None, type=pretrained.resolve,
@@ -288,6 +291,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
     from amr_tf.io import atomic_write_text
 
     best = evaluator.best if math.isfinite(evaluator.best) else None
+    selected = evaluator.evaluations.record_at(evaluator.best_epoch, previous)
     summary = {
         "complete": complete,
         "model": name,
@@ -295,9 +299,15 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
         "epochs": epochs_done,
         "resumed_from_epoch": resumed_from,
         "train_seconds": round(seconds, 2),
-        "final": final,
+        # How best_epoch and the 'best' checkpoint were chosen: "val_NDCG@10", or the test metric
+        # labelled as such when the dataset has no validation split (the original protocol).
+        "selection": evaluator.selection,
+        "patience": getattr(args, "patience", 0),
+        "stopped_early": evaluator.stopped,
+        "final": final,  # the last epoch's metrics (val_... with a validation split, then test)
+        "selected": None if selected is None else {"epoch": evaluator.best_epoch, **selected},
         "best_epoch": evaluator.best_epoch,
-        "best_NDCG@10": best,
+        f"best_{evaluator.monitor}": best,
         "evaluations": list(previous) + list(evaluator.history),
         "seed": args.seed,
         "command": command,
@@ -342,6 +352,10 @@ def cmd_train(args) -> int:
     ds = _dataset(args)
     print(ds.summary())
     _check_sizes(args, ds)
+    if args.patience and ds.validation_candidates is None:
+        raise AmrError(f"--patience {args.patience}: dataset {ds.name} has no validation split to stop on "
+                       "(early stopping never reads the test items); add --validation holdout (one seeded "
+                       "training pair per user held out) or give the dataset a val.txt")
     name = args.model
     if name == "AMR" and not args.adv:
         name = "VBPR"  # the original's --adv False trains plain VBPR
@@ -385,7 +399,6 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     from amr_tf.callbacks import EvaluationCallback
     from amr_tf.checkpoints import checkpoint_exists, load_pretrained, load_weights, read_manifest
     from amr_tf.errors import CheckpointError, TrainingDivergedError
-    from amr_tf.evaluation import evaluate
     from amr_tf.io import remove_stale_temp_files
     from amr_tf.run_dir import previous_evaluations
     from amr_tf.training import fit
@@ -417,15 +430,18 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     evaluator = EvaluationCallback(ds, every=args.verbose, logdir=logdir, checkpoint_dir=weight_dir,
                                    protocol=args.protocol, manifest_extra={"command": command, "args": cfg},
                                    print_fn=print if args.quiet else None,  # the progress bar shows them
-                                   save_every=args.save_every)
+                                   save_every=args.save_every, patience=args.patience)
     evaluator.set_model(model)
     if resume is None:
         evaluator.evaluate_now(0)  # also writes the epoch-0 'last' and 'best' checkpoints
     elif checkpoint_exists(weight_dir / "best"):
         try:
-            evaluator.restore(read_manifest(weight_dir / "best"))
+            evaluator.restore(read_manifest(weight_dir / "best"), previous)
         except (CheckpointError, TypeError, ValueError) as exc:  # a damaged or crafted 'best' manifest
             print(f"warning: {exc}; the best checkpoint will be chosen afresh", file=sys.stderr)
+    stopped = resume.get("stopped_early") if resume is not None else None
+    if isinstance(stopped, dict):  # the run being resumed had stopped early: it is complete
+        evaluator.stopped = stopped
     epochs = max(args.epoch, initial_epoch)
     started = time.perf_counter()
     resumed_from = initial_epoch if resume is not None else None
@@ -437,7 +453,10 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
             _write_summary(weight_dir, ds, args, name, command, None, evaluator, epoch + 1, resumed_from,
                            time.perf_counter() - started, previous, complete=False)
 
-    if initial_epoch < args.epoch:
+    if evaluator.stopped is not None:
+        print(f"{weight_dir} stopped early at epoch {initial_epoch} ({evaluator.stopped.get('reason')}); "
+              "nothing to do (start a new --weight_dir to train further)")
+    elif initial_epoch < args.epoch:
         try:
             fit(model, ds, epochs=args.epoch, batch_size=args.batch_size, seed=args.seed,
                 callbacks=[evaluator, keras.callbacks.LambdaCallback(on_epoch_end=progress)],
@@ -453,14 +472,29 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     else:
         print(f"{weight_dir} is already trained for {initial_epoch} epochs (--epoch {args.epoch}); nothing to do")
     seconds = time.perf_counter() - started
+    if evaluator.stopped is not None:
+        epochs = int(evaluator.stopped.get("epoch", initial_epoch))
     if evaluator.history and evaluator.history[-1]["epoch"] == epochs:
         final = {k: v for k, v in evaluator.history[-1].items() if k != "epoch"}
     else:  # a resumed run that was already complete
-        final = evaluate(model, ds, protocol=args.protocol)
+        final = evaluator.measure()
     _write_summary(weight_dir, ds, args, name, command, final, evaluator, epochs, resumed_from, seconds, previous)
     print(f"\ntrained {epochs - initial_epoch} epochs in {seconds:.1f} s; checkpoints in {weight_dir}, "
           f"TensorBoard: tensorboard --logdir {logdir}")
-    print_table({f"{name} (epoch {epochs})": final})
+    if not evaluator.validated:
+        print_table({f"{name} (epoch {epochs})": final})
+        return 0
+    # Test metrics at the epoch selected on validation and at the last epoch.
+    test_only = lambda m: {k: v for k, v in m.items() if not k.startswith("val_")}  # noqa: E731
+    rows = {}
+    selected = evaluator.evaluations.record_at(evaluator.best_epoch, previous)
+    if selected is not None and evaluator.best_epoch != epochs:
+        rows[f"{name} (epoch {evaluator.best_epoch}, selected on {evaluator.selection})"] = test_only(selected)
+    label = "selected and last" if selected is not None and evaluator.best_epoch == epochs else "last"
+    rows[f"{name} (epoch {epochs}, {label})"] = test_only(final)
+    print(f"test metrics; {evaluator.selection} chose epoch {evaluator.best_epoch}"
+          + (f"; {evaluator.stopped.get('reason')}" if evaluator.stopped else ""))
+    print_table(rows)
     return 0
 
 
@@ -485,7 +519,13 @@ def cmd_evaluate(args) -> int:
         model, manifest = load_checkpoint(args.checkpoint, ds)
         label = manifest["model"]
     print(ds.summary())
-    print_table({label: evaluate(model, ds, protocol=args.protocol)})
+    rows = {}
+    if ds.validation_candidates is not None:
+        rows[f"{label} (validation)"] = evaluate(model, ds, protocol=args.protocol, split="validation")
+        rows[f"{label} (test)"] = evaluate(model, ds, protocol=args.protocol)
+    else:
+        rows[label] = evaluate(model, ds, protocol=args.protocol)
+    print_table(rows)
     return 0
 
 

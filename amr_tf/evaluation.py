@@ -14,6 +14,7 @@ from amr_tf.errors import AmrError
 
 DEFAULT_KS = (5, 10, 20)
 PROTOCOLS = ("sampled", "full")
+SPLITS = ("test", "validation")
 
 # Work per chunk of users, in float32 entries: a score block (users x items) or gathered candidate
 # vectors (users x candidates x K) of about 8-16 MB stays in cache; larger blocks are slower here.
@@ -84,8 +85,27 @@ def _rank_chunk(user_vecs, item_vecs, candidates, train=None, gather=False):
     return above - train_above - (1 - tf.cast(positive_is_train, tf.int32))
 
 
-def rank_test_items(model, dataset, protocol: str = "sampled", features=None, max_chunk_entries: int = 1 << 24):
-    """0-based rank of every user's test positive, computed in user chunks of bounded memory.
+def split_rows(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """``(users, candidates)`` of a held-out split: row k of ``candidates`` (positive first) is user ``users[k]``.
+
+    ``"test"``: ``neg.txt``'s rows, row u for user u. ``"validation"``: the dataset's
+    ``validation_candidates`` for its ``validation_users`` (an error without a validation split).
+    """
+    if split not in SPLITS:
+        raise AmrError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "test":
+        cands = np.asarray(dataset.test_candidates)
+        return np.arange(len(cands), dtype=np.int64), cands
+    if getattr(dataset, "validation_candidates", None) is None:
+        raise AmrError(f"{getattr(dataset, 'name', 'the dataset')}: has no validation split; load it with "
+                       "validation='holdout' (--validation holdout) or add a val.txt")
+    return np.asarray(dataset.validation_users, dtype=np.int64), np.asarray(dataset.validation_candidates)
+
+
+def rank_test_items(model, dataset, protocol: str = "sampled", features=None, max_chunk_entries: int = 1 << 24,
+                    split: str = "test"):
+    """0-based rank of every held-out positive of ``split`` (``"test"`` or ``"validation"``, see
+    :func:`split_rows`), computed in user chunks of bounded memory.
 
     Item vectors are computed once (``Q + C E`` with ``features`` overriding ``C`` when given);
     each chunk scores users against all items with one matrix product, then gathers the
@@ -93,10 +113,14 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
     is much larger than the candidate lists, ``"sampled"`` gathers the candidates' vectors and
     takes batched dot products instead. ``max_chunk_entries`` bounds the entries of a chunk's
     score (or gathered-vector) block; chunks are kept smaller still where that is faster.
+
+    ``"full"`` on the validation split ranks the validation positive among all items but the
+    user's training items: the user's test item stays among the competitors (at selection time the
+    future test item is unknown, and excluding it would make selection read the test split).
     """
     if protocol not in PROTOCOLS:
         raise AmrError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    cands = np.asarray(dataset.test_candidates)
+    split_users, cands = split_rows(dataset, split)
     item_vecs = model.item_vectors(features) if features is not None else model.item_vectors()
     user_vecs = model.user_vectors()
     num_items = int(item_vecs.shape[0])
@@ -109,22 +133,25 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
     chunk = max(1, min(len(cands), chunk))
     ranks = []
     for start in range(0, len(cands), chunk):
-        users = np.arange(start, min(start + chunk, len(cands)))
+        rows = np.arange(start, min(start + chunk, len(cands)))
+        users = split_users[rows]
         train = None
         if protocol == "full":
             sub = dataset.train_matrix[users]
-            rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-            positive_is_train = np.asarray(sub[np.arange(len(users)), cands[users, 0]]).ravel() > 0
-            train = (tf.constant(rows, tf.int64), tf.constant(sub.indices, tf.int64), tf.constant(positive_is_train))
+            entry_rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
+            positive_is_train = np.asarray(sub[np.arange(len(users)), cands[rows, 0]]).ravel() > 0
+            train = (tf.constant(entry_rows, tf.int64), tf.constant(sub.indices, tf.int64),
+                     tf.constant(positive_is_train))
         ranks.append(
-            _rank_chunk(tf.gather(user_vecs, users), item_vecs, tf.constant(cands[users]), train, gather).numpy()
+            _rank_chunk(tf.gather(user_vecs, users), item_vecs, tf.constant(cands[rows]), train, gather).numpy()
         )
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 
-def evaluate(model, dataset, ks=DEFAULT_KS, protocol: str = "sampled", features=None) -> dict:
-    """HR@k and NDCG@k of ``model`` on ``dataset``'s held-out items (see module docstring)."""
-    return metrics_from_ranks(rank_test_items(model, dataset, protocol=protocol, features=features), ks)
+def evaluate(model, dataset, ks=DEFAULT_KS, protocol: str = "sampled", features=None, split: str = "test") -> dict:
+    """HR@k and NDCG@k of ``model`` on ``dataset``'s held-out items of ``split`` (``"test"`` or
+    ``"validation"``; see the module docstring and :func:`rank_test_items`)."""
+    return metrics_from_ranks(rank_test_items(model, dataset, protocol=protocol, features=features, split=split), ks)
 
 
 def format_metrics(metrics: dict) -> str:

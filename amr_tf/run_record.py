@@ -18,7 +18,8 @@ class EvaluationHistory:
     """The evaluations of a run, in order, and the best one by ``monitor`` (larger is better).
 
     ``records`` is a list of ``{"epoch": e, **metrics}``; ``best`` is ``-inf`` until an
-    evaluation is added (or :meth:`restore` carries a resumed run's best over).
+    evaluation is added (or :meth:`restore` carries a resumed run's best over); ``wait`` counts
+    the evaluations since the best one (what early stopping's patience is compared with).
     """
 
     def __init__(self, monitor: str = "NDCG@10"):
@@ -26,20 +27,34 @@ class EvaluationHistory:
         self.records: list[dict] = []
         self.best = -math.inf
         self.best_epoch = None
+        self.wait = 0
 
     def add(self, epoch: int, metrics: dict) -> bool:
         """Record an evaluation; return whether it beats the best so far."""
         self.records.append({"epoch": epoch, **metrics})
         improved = metrics[self.monitor] > self.best
         if improved:
-            self.best, self.best_epoch = metrics[self.monitor], epoch
+            self.best, self.best_epoch, self.wait = metrics[self.monitor], epoch, 0
+        else:
+            self.wait += 1
         return improved
 
-    def restore(self, best_manifest: dict | None) -> None:
-        """Carry the best score over from a resumed run's ``best`` checkpoint manifest."""
+    def restore(self, best_manifest: dict | None, previous=()) -> None:
+        """Carry the best score over from a resumed run's ``best`` checkpoint manifest; ``previous``
+        (the evaluations the resumed run recorded) gives the evaluations since that best one."""
         metrics = (best_manifest or {}).get("metrics") or {}
         if self.monitor in metrics:
             self.best, self.best_epoch = float(metrics[self.monitor]), best_manifest.get("epoch")
+            if isinstance(self.best_epoch, int):
+                self.wait = sum(1 for e in previous if isinstance(e, dict) and self.monitor in e
+                                and isinstance(e.get("epoch"), int) and e["epoch"] > self.best_epoch)
+
+    def record_at(self, epoch, previous=()) -> dict | None:
+        """The evaluation recorded at ``epoch`` (this run's, else one of ``previous``), without its epoch."""
+        for record in reversed(list(previous) + self.records):
+            if isinstance(record, dict) and record.get("epoch") == epoch:
+                return {k: v for k, v in record.items() if k != "epoch"}
+        return None
 
 
 class ScalarLog:
