@@ -434,7 +434,7 @@ def test_training_on_a_full_file_system(tmp_path, data_dir):
         proc, errors = _train_process(["--dataset", str(data_dir), "--epoch", "2", "--weight_dir", str(tiny / "r")] + FLAGS)
         assert proc.returncode == EXIT_IO, proc.stderr[-2000:]
         assert len(errors) == 1 and errors[0].startswith(
-            f"error: {tiny / 'r' / 'last.weights.h5'}: No space left on device"), proc.stderr[-2000:]
+            f"error: {tiny / 'r' / 'best.weights.h5'}: No space left on device"), proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert not [p for p in (tiny / "r").iterdir() if p.name.endswith((".h5", ".json", ".tmp"))]
     with mounted_tmpfs(tmp_path / "fills", "8m") as disk:
@@ -466,7 +466,7 @@ def test_a_failed_hdf5_write_does_not_crash_the_process(tmp_path, data_dir, monk
                               timeout=300)
         assert proc.returncode == EXIT_IO, proc.stderr[-3000:]
         assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-            f"error: {tiny / 'r' / 'last.weights.h5'}: No space left on device (nothing was half-written: the files "
+            f"error: {tiny / 'r' / 'best.weights.h5'}: No space left on device (nothing was half-written: the files "
             "written before are complete and kept)"]
         assert "Traceback" not in proc.stderr
 
