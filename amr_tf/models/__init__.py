@@ -8,6 +8,7 @@ reads; it imports no TensorFlow). The names below are imported on first use, so 
 """
 
 import importlib
+import sys
 
 _LAZY = {
     "AMR": "amr_tf.models.amr",
@@ -41,9 +42,17 @@ def register_keras_classes() -> None:
     then finds them. :mod:`amr_tf._startup` calls it whenever Keras is imported."""
     from amr_tf.models.registry import MODELS
 
-    importlib.import_module("amr_tf.models.optimizers")
-    for spec in MODELS:
-        spec.cls  # noqa: B018 - importing the class's module registers it
+    # Keras may be imported from inside one of these modules (its first ``import keras``), which is
+    # then only partly initialised: it registers its own classes when it finishes, and a module that
+    # imports a name from it cannot be imported yet (ImportError). Such a module is skipped here; it
+    # registers its classes whenever it is imported later (e.g. through ``amr_tf.models`` names).
+    for module in ["amr_tf.models.optimizers"] + [spec.class_path.partition(":")[0] for spec in MODELS]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            if not any(getattr(getattr(m, "__spec__", None), "_initializing", False)
+                       for name, m in list(sys.modules.items()) if name.startswith("amr_tf.models.")):
+                raise  # a real import error, not the partly initialised module described above
 
 
 def __dir__():
