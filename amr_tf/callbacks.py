@@ -46,7 +46,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         bad_losses = {k: float(logs[k]) for k in LOSS_NAMES if k in logs and not math.isfinite(float(logs[k]))}
-        bad_weights, bad_state = non_finite_weights(self.model), self._bad_optimizer_state()
+        after = self._weights()  # read once: for the finiteness and the stall checks
+        bad_weights, bad_state = non_finite_weights(self.model, after), self._bad_optimizer_state()
         if bad_losses or bad_weights or bad_state:
             what = ", ".join(f"{k} = {v}" for k, v in bad_losses.items()) or "the loss was finite"
             weights = f"; {', '.join(bad_weights)} hold NaN/Inf" if bad_weights else ""
@@ -58,7 +59,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 "extreme values"
             )
         before, self._before = self._before, None
-        if before and all(np.array_equal(before[name], value) for name, value in self._weights().items()):
+        if before and all(np.array_equal(before[name], value) for name, value in after.items()):
             raise TrainingDivergedError(
                 f"training stalled in epoch {epoch + 1}: no weight ({', '.join(before)}) changed in the whole "
                 "epoch. Stopped without saving that epoch; check the learning rates (--lr) and penalties (--regs)"

@@ -59,10 +59,12 @@ def _contain(names) -> str:
     return f"{', '.join(names)} {'contains' if len(names) == 1 else 'contain'}"
 
 
-def non_finite_weights(model) -> list[str]:
-    """Names of ``model``'s weight matrices that contain NaN or infinity."""
-    return [name for name in getattr(model, "parameter_names", ())
-            if not np.isfinite(getattr(model, name).numpy()).all()]
+def non_finite_weights(model, arrays: dict | None = None) -> list[str]:
+    """Names of ``model``'s weight matrices that contain NaN or infinity (``arrays``: their values,
+    by name, when the caller has read them already)."""
+    if arrays is None:
+        arrays = {name: getattr(model, name).numpy() for name in getattr(model, "parameter_names", ())}
+    return [name for name, value in arrays.items() if not np.isfinite(value).all()]
 
 
 def check_model_fits(num_users: int, num_items: int, feature_dim: int, embed_dim, where, error=CheckpointError) -> None:
