@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from amr_tf.attacks.certify import candidate_scores, split_candidates
 from amr_tf.errors import AmrError
-from amr_tf.evaluation import DEFAULT_KS, metrics_from_ranks
+from amr_tf.evaluation import DEFAULT_KS, candidate_ranks, metrics_from_ranks
 
 OBJECTIVES = ("topk", "rank")
 
@@ -159,5 +159,5 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
         delta[over] *= np.float32(1.0 - 1e-6)
         over = np.linalg.norm(delta.astype(np.float64), axis=1) > eps
     scores = candidate_scores(model, rows, cands, features=features + delta).astype(np.float64)
-    ranks = np.sum(scores[:, 1:] >= scores[:, :1], axis=1)
+    ranks = candidate_ranks(scores).numpy()  # the project's one rank definition (float64 scores)
     return SharedAttack(eps=eps, delta=delta, ranks=ranks, metrics=metrics_from_ranks(ranks, tuple(ks)), restarts=log)

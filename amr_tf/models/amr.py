@@ -124,7 +124,10 @@ class AMR(VBPR):
 
         The reference adversary, whatever the training path; tests compare the fast path with it.
         """
-        rows = self._batch_feature_rows(batch)
+        return self._perturbation(p, batch, self._batch_feature_rows(batch))
+
+    def _perturbation(self, p, batch, rows):
+        """:meth:`perturbation` on the batch's already gathered feature ``rows``."""
         num_unique = tf.shape(batch.unique)[0]
         if self.adv_type == "random":
             margins, v = self.batch_forward(p, batch, rows)
@@ -143,8 +146,9 @@ class AMR(VBPR):
 
     def _tape_terms(self, p, batch):
         """The reference: ``Delta`` from a tape on the feature rows, then a second forward pass on ``rows + Delta``."""
-        delta, (margins, v, clean) = self.perturbation(p, batch)
-        adv_margins, _ = self.batch_forward(p, batch, self._batch_feature_rows(batch) + delta)
+        rows = self._batch_feature_rows(batch)  # gathered once, for both passes
+        delta, (margins, v, clean) = self._perturbation(p, batch, rows)
+        adv_margins, _ = self.batch_forward(p, batch, rows + delta)
         return v, clean, self.pairwise_loss(adv_margins)
 
     def perturbation_effect(self, p, batch):

@@ -155,10 +155,8 @@ class VBPR(PairwiseModel):
 
     def visual_vectors(self, chunk_bytes: int = 32 << 20):
         """``C E`` for the whole catalogue, from row chunks of the features (bounded extra memory)."""
-        n = self.num_items
-        rows = max(1, chunk_bytes // max(1, 4 * self.feature_dim))
-        parts = [tf.matmul(variable_rows(self.features, tf.range(s, min(s + rows, n))), self.E)
-                 for s in range(0, n, rows)]
+        parts = [tf.matmul(variable_rows(self.features, tf.range(s, e)), self.E)
+                 for s, e in self._feature_chunks(chunk_bytes)]
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def gather_item_vectors(self, items):
