@@ -31,7 +31,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._before = None
 
     def _weights(self) -> dict:
-        return {name: getattr(self.model, name).numpy() for name in getattr(self.model, "parameter_names", ())}
+        weight_arrays = getattr(self.model, "weight_arrays", None)  # PairwiseModel's; none for other models
+        return weight_arrays() if weight_arrays is not None else {}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._before = self._weights()

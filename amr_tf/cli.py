@@ -9,6 +9,7 @@ docs/errors.md); a NaN/Inf loss stops training and keeps the last good checkpoin
 from __future__ import annotations
 
 import argparse
+import functools
 import errno
 import json
 import math
@@ -163,6 +164,7 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
+@functools.lru_cache(maxsize=1)
 def _train_actions() -> dict:
     """The ``train`` sub-command's flags by destination (to check stored values like typed ones)."""
     parser = build_parser()

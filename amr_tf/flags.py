@@ -66,6 +66,11 @@ non_negative_float = number(float, 0.0, strict=False)
 seed_int = number(int, 0, strict=False, maximum=2**32 - 1)  # what NumPy's legacy seeding accepts
 
 
+def negatives_count(text: str) -> int | None:
+    """``--negatives``: a positive integer, or 'max' (None: the largest count every user can supply)."""
+    return None if text == "max" else positive_int(text)
+
+
 #: The original release's flag names (still the command line's, through ``dest=``) -> the code's names.
 #: Runs and checkpoints written before the code took one vocabulary record the old names in their
 #: manifest's ``"args"``; :func:`modern_arg_names` reads them.

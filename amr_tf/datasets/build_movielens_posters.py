@@ -21,12 +21,7 @@ from amr_tf.datasets.movielens_posters import (
     default_shared_data_dir,
 )
 from amr_tf.errors import AmrError
-from amr_tf.flags import non_negative_int, positive_int
-
-
-def _negatives(text: str) -> int | None:
-    """A positive integer, or 'max' (None: the largest count every user can supply)."""
-    return None if text == "max" else positive_int(text)
+from amr_tf.flags import negatives_count, non_negative_int, positive_int
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help=f"output folder (default: {DEFAULT_OUT_DIR})")
     parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED, help=f"negative-sampling seed (default: {DEFAULT_SEED})")
     parser.add_argument(
-        "--negatives", type=_negatives, default=DEFAULT_NUM_NEGATIVES,
+        "--negatives", type=negatives_count, default=DEFAULT_NUM_NEGATIVES,
         help=f"negatives per user in neg.txt, or 'max' for the most every user allows (default: {DEFAULT_NUM_NEGATIVES})",
     )
     parser.add_argument("--min-positives", type=int, default=DEFAULT_MIN_POSITIVES,

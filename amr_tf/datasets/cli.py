@@ -12,17 +12,13 @@ import shlex
 import sys
 import time
 
-from amr_tf.flags import non_negative_float, positive_int, seed_int
+from amr_tf.flags import negatives_count, non_negative_float, positive_int, seed_int
 
 __all__ = ["add_build_dataset_subcommand", "run_build_dataset"]
 
 DEFAULT_NEGATIVES = 500  # as the embedded dataset (see its card for why)
 DEFAULT_MIN_USER = 5
 DEFAULT_MIN_ITEM = 1
-
-
-def _negatives(text: str):
-    return None if text == "max" else positive_int(text)
 
 
 def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
@@ -34,7 +30,7 @@ def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
                    help=f"k-core: users need N positives (at least 3: test, validation, one to train; default {DEFAULT_MIN_USER})")
     g.add_argument("--min-item", type=positive_int, default=DEFAULT_MIN_ITEM, metavar="N",
                    help=f"k-core: items need N positives (default {DEFAULT_MIN_ITEM})")
-    g.add_argument("--negatives", type=_negatives, default=DEFAULT_NEGATIVES, metavar="N",
+    g.add_argument("--negatives", type=negatives_count, default=DEFAULT_NEGATIVES, metavar="N",
                    help=f"sampled negatives per test/validation row, or 'max' (default {DEFAULT_NEGATIVES})")
     g.add_argument("--seed", type=seed_int, default=0, help="negative-sampling seed (default 0)")
     g.add_argument("--no-validation", action="store_true",
