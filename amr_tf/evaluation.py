@@ -23,6 +23,9 @@ _GATHER_BLOCK = 1 << 22
 # With this many more items than candidates, scoring all items costs more than gathering the
 # candidates' vectors (measured on a 2-core CPU: 4x slower at 5x, 4x faster at 100x).
 _GATHER_RATIO = 20
+# Full ranking: users per block before the catalogue is split into item blocks (a 256 x 8,192 block
+# keeps the matrix product efficient and the block at 8 MB).
+_FULL_MIN_USERS = 256
 
 
 def hit_ratio(ranks, k: int) -> float:
@@ -59,30 +62,57 @@ def candidate_ranks(cand_scores):
     return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
 
 
-def _rank_chunk(user_vecs, item_vecs, candidates, train=None, gather=False):
-    """Ranks of column 0 of ``candidates`` (sampled) or of it among all items but ``train`` (full).
+def _sampled_chunk(user_vecs, item_vecs, candidates, gather=False):
+    """Ranks of column 0 of ``candidates`` among each row's candidates."""
+    if gather:  # few candidates: batched dot products with the candidates' vectors
+        cand_scores = tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
+    else:
+        scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
+        cand_scores = tf.gather(scores, candidates, batch_dims=1)
+    return candidate_ranks(cand_scores)
 
-    ``train`` is the chunk's training interactions as ``(rows, items, positive_is_train)``: the
-    users' CSR entries (row within the chunk, item id) and whether each user's positive is one.
+
+def excluded_entries(train_matrix, users, positives):
+    """``(rows, items)`` sorted by item: each user's training items and held-out positive (once each).
+
+    What full ranking leaves out of a user's competitors: the positive itself and the items the
+    user trained on (a positive that is also a training item is listed once).
     """
-    if train is None:  # sampled: candidates scoring at least the positive
-        if gather:  # few candidates: batched dot products with the candidates' vectors
-            cand_scores = tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
-        else:
-            scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
-            cand_scores = tf.gather(scores, candidates, batch_dims=1)
-        return candidate_ranks(cand_scores)
-    scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
-    # Items scoring at least the positive, minus the user's training items among them (masking by
-    # subtraction: only the sparse training entries are looked at, no users x items mask is built),
-    # minus the positive itself unless it was already subtracted as a training item.
-    rows, items, positive_is_train = train
-    pos_scores = tf.gather(scores, candidates[:, 0], batch_dims=1)
-    above = tf.reduce_sum(tf.cast(scores >= pos_scores[:, None], tf.int32), axis=1)
-    train_scores = tf.gather_nd(scores, tf.stack([rows, items], axis=1))
-    train_above = tf.math.unsorted_segment_sum(
-        tf.cast(train_scores >= tf.gather(pos_scores, rows), tf.int32), rows, tf.shape(scores)[0])
-    return above - train_above - (1 - tf.cast(positive_is_train, tf.int32))
+    sub = train_matrix[users]
+    rows = np.concatenate([np.repeat(np.arange(len(users)), np.diff(sub.indptr)), np.arange(len(users))])
+    items = np.concatenate([sub.indices.astype(np.int64), np.asarray(positives, np.int64)])
+    keys = np.unique(rows * np.int64(train_matrix.shape[1]) + items)  # sorted; duplicates once
+    rows, items = keys // train_matrix.shape[1], keys % train_matrix.shape[1]
+    order = np.argsort(items, kind="stable")
+    return rows[order], items[order]
+
+
+def full_ranks_block(user_vecs, item_vecs, positives, excluded, item_block: int):
+    """Full-ranking ranks of one user block, streamed over item blocks (no users x items matrix).
+
+    The rank of user ``r``'s positive is the number of items scoring at least its score, the
+    excluded entries (``excluded``: ``(rows, items)`` sorted by item, from :func:`excluded_entries`)
+    left out. Each item block is scored once (``block_users x item_block`` entries); the excluded
+    entries inside it are read from that same block, so an item is counted, or discounted, by one
+    and the same score.
+    """
+    n = int(user_vecs.shape[0])
+    num_items = int(item_vecs.shape[0])
+    pos_scores = tf.reduce_sum(user_vecs * tf.gather(item_vecs, positives), axis=1)
+    threshold = pos_scores[:, None]
+    ex_rows, ex_items = excluded
+    counts = tf.zeros([n], tf.int32)
+    for start in range(0, num_items, item_block):
+        stop = min(start + item_block, num_items)
+        scores = tf.matmul(user_vecs, item_vecs[start:stop], transpose_b=True)  # (block users, block items)
+        counts += tf.reduce_sum(tf.cast(scores >= threshold, tf.int32), axis=1)
+        lo, hi = np.searchsorted(ex_items, [start, stop])
+        if hi > lo:
+            rows = tf.constant(ex_rows[lo:hi])
+            ex_scores = tf.gather_nd(scores, tf.stack([rows, tf.constant(ex_items[lo:hi] - start)], axis=1))
+            counts -= tf.math.unsorted_segment_sum(
+                tf.cast(ex_scores >= tf.gather(pos_scores, rows), tf.int32), rows, n)
+    return counts
 
 
 def split_rows(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
@@ -103,16 +133,20 @@ def split_rows(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank_test_items(model, dataset, protocol: str = "sampled", features=None, max_chunk_entries: int = 1 << 24,
-                    split: str = "test"):
+                    split: str = "test", rows=None, user_block: int | None = None, item_block: int | None = None):
     """0-based rank of every held-out positive of ``split`` (``"test"`` or ``"validation"``, see
-    :func:`split_rows`), computed in user chunks of bounded memory.
+    :func:`split_rows`), computed in blocks of bounded memory; ``rows`` (indices into the split's
+    rows, default all) ranks only those.
 
-    Item vectors are computed once (``Q + C E`` with ``features`` overriding ``C`` when given);
-    each chunk scores users against all items with one matrix product, then gathers the
-    candidates (``"sampled"``) or masks the user's training items (``"full"``). When the catalogue
-    is much larger than the candidate lists, ``"sampled"`` gathers the candidates' vectors and
-    takes batched dot products instead. ``max_chunk_entries`` bounds the entries of a chunk's
-    score (or gathered-vector) block; chunks are kept smaller still where that is faster.
+    Item vectors are computed once (``Q + C E`` by row chunks of the features, with ``features``
+    overriding ``C`` when given; items x K, the size of ``Q``). ``"sampled"`` scores user chunks
+    against all items with one matrix product and gathers the candidates; when the catalogue is
+    much larger than the candidate lists it gathers the candidates' vectors and takes batched dot
+    products instead. ``"full"`` streams user blocks x item blocks (:func:`full_ranks_block`),
+    never holding a users x items matrix, and leaves each user's training items and the positive
+    itself out of its competitors. ``max_chunk_entries`` bounds the entries of any block (score or
+    gathered vectors); blocks are kept smaller still where that is faster. ``user_block`` and
+    ``item_block`` set the full protocol's block shape (tests use odd sizes).
 
     ``"full"`` on the validation split ranks the validation positive among all items but the
     user's training items: the user's test item stays among the competitors (at selection time the
@@ -121,30 +155,37 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
     if protocol not in PROTOCOLS:
         raise AmrError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     split_users, cands = split_rows(dataset, split)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        split_users, cands = split_users[rows], cands[rows]
     item_vecs = model.item_vectors(features) if features is not None else model.item_vectors()
     user_vecs = model.user_vectors()
     num_items = int(item_vecs.shape[0])
-    gather = protocol == "sampled" and cands.ndim == 2 and num_items > _GATHER_RATIO * cands.shape[1]
+    budget = min(max_chunk_entries, _SCORE_BLOCK)
+    if protocol == "full":
+        # The whole catalogue per block while that leaves room for a few hundred users, else item blocks.
+        item_block = item_block or min(num_items, max(1, budget // _FULL_MIN_USERS))
+        user_block = user_block or max(1, budget // item_block)
+        ranks = []
+        for start in range(0, len(cands), user_block):
+            block = np.arange(start, min(start + user_block, len(cands)))
+            users = split_users[block]
+            excluded = excluded_entries(dataset.train_matrix, users, cands[block, 0])
+            ranks.append(full_ranks_block(tf.gather(user_vecs, users), item_vecs,
+                                          tf.constant(cands[block, 0]), excluded, item_block).numpy())
+        return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros(0, np.int64)
+    gather = cands.ndim == 2 and num_items > _GATHER_RATIO * cands.shape[1]
     if gather:
         per_user = max(cands.shape[1] * int(item_vecs.shape[1]), 1)
         chunk = min(max_chunk_entries, _GATHER_BLOCK) // per_user
     else:
-        chunk = min(max_chunk_entries, _SCORE_BLOCK) // max(num_items, 1)
+        chunk = budget // max(num_items, 1)
     chunk = max(1, min(len(cands), chunk))
     ranks = []
     for start in range(0, len(cands), chunk):
-        rows = np.arange(start, min(start + chunk, len(cands)))
-        users = split_users[rows]
-        train = None
-        if protocol == "full":
-            sub = dataset.train_matrix[users]
-            entry_rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-            positive_is_train = np.asarray(sub[np.arange(len(users)), cands[rows, 0]]).ravel() > 0
-            train = (tf.constant(entry_rows, tf.int64), tf.constant(sub.indices, tf.int64),
-                     tf.constant(positive_is_train))
-        ranks.append(
-            _rank_chunk(tf.gather(user_vecs, users), item_vecs, tf.constant(cands[rows]), train, gather).numpy()
-        )
+        block = np.arange(start, min(start + chunk, len(cands)))
+        ranks.append(_sampled_chunk(tf.gather(user_vecs, split_users[block]), item_vecs,
+                                    tf.constant(cands[block]), gather).numpy())
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 

@@ -323,6 +323,65 @@ class _PickledNpyReader:
         return out
 
 
+def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | None = None,
+             mmap: bool = False) -> np.ndarray:
+    """A plain numeric ``.npy`` array (``np.load(allow_pickle=False)``), every way it can be bad an ``error``.
+
+    The header is read and checked against the file's size before any data is touched, so a
+    truncated file (or a corrupt header claiming a huge shape) is named instead of allocating
+    memory for it; object (pickled) dtypes are refused. ``mmap=True`` returns a read-only
+    ``np.memmap`` of the already-opened regular file (C order only), so that a large feature
+    matrix is paged in from disk as rows are read instead of being loaded whole.
+    """
+    path = Path(path)
+    fh = open_regular(path, what, error, missing=missing)
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        magic = fh.read(6)
+        if size == 0:
+            raise _fail(error, f"{path}: file is empty; expected {what}", corrupt=True)
+        if magic != b"\x93NUMPY":
+            if magic.startswith(b"PK"):
+                kind = "a .npz/zip archive"
+            elif magic[:1] == b"\x80":
+                kind = ("a pickled Python object (pickled files are only accepted for the original release's "
+                        "weights, see load_original_npy)")
+            else:
+                kind = "not a .npy file (no NumPy header)"
+            raise _fail(error, f"{path}: {kind}; expected {what} (np.save)", corrupt=True)
+        fh.seek(0)
+        try:
+            from amr_tf.io import read_npy_header
+
+            shape, fortran, dtype = read_npy_header(fh)
+        except Exception as exc:  # noqa: BLE001 - NumPy raises ValueError, SyntaxError, TokenError...
+            raise _fail(error, f"{path}: corrupt or truncated .npy header ({exc})", corrupt=True) from None
+        if dtype.hasobject:
+            raise _fail(error, f"{path}: contains pickled Python objects (dtype {dtype}); expected a plain numeric "
+                               "array (pickled files are only accepted for the original release's weights, see "
+                               "load_original_npy)", corrupt=True)
+        offset = fh.tell()
+        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        available = size - offset
+        if available < expected:
+            raise _fail(error, f"{path}: truncated: the header declares a {dtype} array of shape {shape} "
+                               f"({expected} bytes of data) but only {available} bytes follow (file not fully "
+                               "written?)", corrupt=True)
+        if mmap:
+            if fortran and len(shape) > 1:
+                raise _fail(error, f"{path}: stored in Fortran (column) order, which cannot be read by rows; "
+                                   "re-save it with np.save(path, np.ascontiguousarray(array))")
+            if expected == 0:  # mmap cannot map zero bytes
+                return np.zeros(shape, dtype)
+            # Mapped from the descriptor that was checked (a regular file), not by reopening the path.
+            return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="C")
+        fh.seek(0)
+        try:
+            return np.load(fh, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any failure here is the file's
+            raise _fail(error, f"{path}: not a valid .npy file ({exc})", corrupt=True) from None
+
+
 def read_pickled_npy(path, what: str = "weights file", error=AmrError, max_items: int = 16) -> list[np.ndarray]:
     """The arrays of a ``.npy`` file holding a pickled object array of plain numeric arrays.
 

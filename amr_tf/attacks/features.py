@@ -109,7 +109,7 @@ def feature_perturbation(model, dataset, attack: str, eps, loss: str = "bpr", se
     _check_visual(model)
     if attack not in ATTACKS:
         raise AmrError(f"attack must be one of {ATTACKS}, got {attack!r}")
-    features = tf.convert_to_tensor(model.features)
+    features = model.normalised_features()
     if float(np.max(eps)) == 0.0:
         return np.zeros(features.shape, np.float32)
     if attack == "random":
@@ -126,7 +126,7 @@ def feature_perturbation(model, dataset, attack: str, eps, loss: str = "bpr", se
 
 def perturbed_features(model, dataset, attack: str, eps, **kwargs) -> np.ndarray:
     """``model.features + feature_perturbation(...)``; at ``eps = 0`` the clean features themselves."""
-    clean = np.asarray(tf.convert_to_tensor(model.features).numpy())
+    clean = np.asarray(model.normalised_features().numpy())
     if float(np.max(eps)) == 0.0:
         return clean
     return clean + feature_perturbation(model, dataset, attack, eps, **kwargs)

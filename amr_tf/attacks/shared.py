@@ -84,7 +84,7 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
     rows, cands = split_candidates(dataset, split)
     n_neg = cands.shape[1] - 1
     kk = min(int(target_k), n_neg)
-    features = np.asarray(tf.convert_to_tensor(model.features).numpy(), np.float32)
+    features = np.asarray(model.normalised_features().numpy(), np.float32)
     E = np.asarray(tf.convert_to_tensor(model.E).numpy(), np.float64)
     B, R = np.linalg.qr(E)  # E = B R; B: features x K with orthonormal columns
     users = np.asarray(tf.convert_to_tensor(model.user_vectors()).numpy(), np.float64)[rows]

@@ -4,13 +4,15 @@ The sampler (TensorFlow) is imported on first use, so the loader, the writer and
 builders stay free of TensorFlow's import time.
 """
 
-from amr_tf.data.dataset import VALIDATION_MODES, AmrDataset, load_amr_dir, load_features, write_amr_dir, write_split
+from amr_tf.data.dataset import VALIDATION_MODES, AmrDataset, load_amr_dir, write_amr_dir, write_split
+from amr_tf.data.features import ItemFeatures, load_features, load_item_features
 from amr_tf.data.registry import DEFAULT_DATASET, resolve_dataset
 from amr_tf.data.synthetic import make_synthetic
 from amr_tf.data.validation import carve_holdout
 
 __all__ = [
     "AmrDataset",
+    "ItemFeatures",
     "DEFAULT_DATASET",
     "resolve_dataset",
     "TripletSampler",
@@ -18,6 +20,7 @@ __all__ = [
     "carve_holdout",
     "load_amr_dir",
     "load_features",
+    "load_item_features",
     "make_synthetic",
     "triplet_dataset",
     "write_amr_dir",

@@ -31,7 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from amr_tf.errors import DataError
-from amr_tf.io import atomic_path, atomic_write_npy, read_npy_header, sha256_file
+from amr_tf.data.features import ItemFeatures, load_features, load_item_features  # noqa: F401 - re-exported
+from amr_tf.io import atomic_path, atomic_write_npy, sha256_file
 from amr_tf.safe_io import open_regular, read_bytes
 
 
@@ -41,7 +42,9 @@ class AmrDataset:
 
     num_users: int
     num_items: int
-    features: np.ndarray  # float32 (num_items, F), divided by the global max |value|
+    # (num_items, F), divided by the global max |value|: a float32 array, or (loaded from a directory)
+    # ItemFeatures, the memory-mapped file and its scale, which reads as that float32 array
+    features: np.ndarray | ItemFeatures
     train_pairs: np.ndarray  # int64 (N, 2): user, item
     test_candidates: np.ndarray  # int64 (users, 1 + n): test positive, then negatives
     name: str = "dataset"
@@ -102,6 +105,9 @@ class AmrDataset:
             h.update(f"validation={self.validation}".encode())
             arrays += [self.validation_users, self.validation_candidates]
         for arr in arrays:
+            if isinstance(arr, ItemFeatures):  # hashed by chunks, as the float32 matrix it stands for
+                arr.update_hash(h)
+                continue
             a = np.ascontiguousarray(arr)
             h.update(str(a.dtype).encode() + str(a.shape).encode())
             h.update(a.tobytes())
@@ -204,80 +210,6 @@ def open_input(path, missing: str, expected: str, mode: str = "rb", **kwargs):
     return io.TextIOWrapper(fh, **kwargs)
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    """``np.load(path, allow_pickle=False)`` with a ``DataError`` for every way the file can be bad.
-
-    The header is checked against the file size before any data is read, so a truncated file
-    (or a corrupt header claiming a huge shape) is reported instead of allocating memory for it.
-    """
-    fh = open_regular(path, "a .npy feature file", DataError, missing=f"{path}: feature file not found")
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        magic = fh.read(6)
-        if size == 0:
-            raise DataError(f"{path}: file is empty; expected a .npy array of item features")
-        if magic != b"\x93NUMPY":
-            if magic.startswith(b"PK"):
-                kind = "a .npz/zip archive"
-            elif magic[:1] == b"\x80":
-                kind = "a pickled Python object (pickled files are only accepted for the original release's weights, see load_original_npy)"
-            else:
-                kind = "not a .npy file (no NumPy header)"
-            raise DataError(f"{path}: {kind}; expected a .npy array of item features (np.save)")
-        fh.seek(0)
-        try:
-            shape, fortran, dtype = read_npy_header(fh)
-        except Exception as exc:  # noqa: BLE001 - NumPy raises ValueError, SyntaxError, TokenError...
-            raise DataError(f"{path}: corrupt or truncated .npy header ({exc})") from None
-        if dtype.hasobject:
-            raise DataError(
-                f"{path}: contains pickled Python objects (dtype {dtype}); expected a plain numeric array "
-                "(pickled files are only accepted for the original release's weights, see load_original_npy)"
-            )
-        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        available = size - fh.tell()
-        if available < expected:
-            raise DataError(
-                f"{path}: truncated: the header declares a {dtype} array of shape {shape} "
-                f"({expected} bytes of data) but only {available} bytes follow (file not fully written?)"
-            )
-        fh.seek(0)
-        try:
-            return np.load(fh, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - any failure here is the file's
-            raise DataError(f"{path}: not a valid .npy file ({exc})") from None
-
-
-def load_features(path: str | os.PathLike) -> np.ndarray:
-    """Load an item-feature ``.npy``, validate it and divide by the global max |value| (as the original)."""
-    path = Path(path)
-    raw = _read_npy(path)
-    if raw.dtype.kind not in "fiu":
-        raise DataError(
-            f"{path}: features must be a numeric (float or int) array, got dtype {raw.dtype}"
-        )
-    if raw.ndim != 2:
-        raise DataError(f"{path}: features must be 2-D (items x dims), got shape {raw.shape}")
-    if raw.shape[0] == 0 or raw.shape[1] == 0:
-        raise DataError(f"{path}: features have shape {raw.shape}; expected at least one item and one dimension")
-    if raw.dtype.kind == "f":
-        finite = np.isfinite(raw)
-        if not finite.all():
-            r, c = np.argwhere(~finite)[0]
-            raise DataError(f"{path}: row {r}, column {c} is {raw[r, c]}; features must be finite")
-    with np.errstate(over="ignore"):
-        feats = raw.astype(np.float32)
-    if not np.isfinite(feats).all():
-        r, c = np.argwhere(~np.isfinite(feats))[0]
-        raise DataError(f"{path}: row {r}, column {c} is {raw[r, c]}, beyond float32's range; rescale the features")
-    scale = float(np.abs(feats).max())
-    if scale == 0.0:
-        raise DataError(f"{path}: all features are zero; cannot normalise by the global max |value|")
-    # The original divides by the single global max(|features|), not per row or per column.
-    feats /= scale
-    return feats
-
-
 VALIDATION_MODES = ("auto", "holdout", "none")
 
 
@@ -324,7 +256,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         if val.shape[1] < 2:
             raise DataError(f"{val_path}, line {val_lines[0]}: found 1 value per row; each row needs the "
                             "validation item and at least one negative candidate")
-    features = load_features(feat_path)
+    features = load_item_features(feat_path)
 
     n_rows = features.shape[0]
     tables = [(pairs[:, 1:], pos_path, pos_lines), (cands, neg_path, neg_lines)]

@@ -8,7 +8,6 @@ import tensorflow as tf
 from amr_tf.errors import AmrError
 from amr_tf.models import adversary as adv
 from amr_tf.models.base import pair_margins
-from amr_tf.models.variables import variable_rows
 from amr_tf.models.vbpr import VBPR, project
 
 ADV_TYPES = ("grad", "random")
@@ -138,7 +137,7 @@ class AMR(VBPR):
         return delta, (margins, v, clean)
 
     def _batch_feature_rows(self, batch):
-        return variable_rows(self.features, batch.unique)
+        return self.feature_rows(batch.unique)
 
     def _random_delta(self, n):
         noise = keras.random.normal((n, self.feature_dim), seed=self.noise_seed)

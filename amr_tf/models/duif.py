@@ -10,7 +10,6 @@ import keras
 import tensorflow as tf
 
 from amr_tf.models.amr import AMR
-from amr_tf.models.variables import variable_rows
 from amr_tf.models.vbpr import VBPR, project
 
 
@@ -57,7 +56,7 @@ class DUIF(VBPR):
         items = tf.convert_to_tensor(items)
         flat = tf.reshape(items, [-1])
         unique, index = tf.unique(flat)
-        visual = tf.gather(tf.matmul(variable_rows(self.features, unique), self.E), index)
+        visual = tf.gather(tf.matmul(self.feature_rows(unique), self.E), index)
         return tf.reshape(visual, tf.concat([tf.shape(items), [self.embed_dim]], axis=0))
 
     #: ``s_ui = p_u . (c_i E)`` is linear in the feature row through ``c_i E``, as VBPR's: an adversary
@@ -72,7 +71,7 @@ class DUIF(VBPR):
         # ``batch.q_rows`` (rows of the zero Q) is left out: only the visual part, once per distinct item;
         # ``feature_rows`` (one per distinct item) replace the stored features, for an adversary.
         if feature_rows is None:
-            feature_rows = variable_rows(self.features, batch.unique)
+            feature_rows = self.feature_rows(batch.unique)
         return self.item_rows_from_visual(batch, project(feature_rows, self.E))
 
 

@@ -34,20 +34,49 @@ def project(rows, E):
     return _project(tf.convert_to_tensor(rows), tf.convert_to_tensor(E))
 
 
-def resident_features(features: np.ndarray, chunk_bytes: int = 32 << 20) -> tf.Variable:
-    """``features`` in one non-trainable ``tf.Variable`` (not a Keras weight: not trained, not saved).
+def resident_features(features, chunk_bytes: int = 32 << 20) -> tuple[tf.Variable, float]:
+    """``(variable, scale)``: ``features`` in one non-trainable ``tf.Variable`` (not a Keras weight: not
+    trained, not saved), and the number its rows are divided by when read (:meth:`VBPR.feature_rows`).
+
+    An :class:`~amr_tf.data.features.ItemFeatures` (a loaded dataset's memory-mapped file) is held
+    as stored -- float16 for the shipped data, so half the bytes of the float32 matrix -- with its
+    global-max scale; any other array is held as float32, already normalised (scale 1). Either way
+    the dataset's copy stays on disk: the variable is the one resident copy.
 
     Filled in row chunks: ``tf.Variable(array)`` or ``tf.constant(array)`` briefly hold two extra
-    copies of the matrix (a peak of three copies in all); this holds at most one plus a chunk.
-    The scatter puts the variable in TensorFlow's copy-on-read mode: a dense read of it copies the
-    whole matrix, so the models only ever read it by rows (``tf.gather``), a chunk at a time.
+    copies of the matrix (a peak of three copies in all); this holds at most one plus a chunk (and
+    releases the file's pages as it goes). The scatter puts the variable in TensorFlow's
+    copy-on-read mode: a dense read of it copies the whole matrix, so the models only ever read it
+    by rows (``tf.gather``), a chunk at a time.
     """
-    var = tf.Variable(tf.zeros(features.shape, tf.float32), trainable=False, name="features")
-    rows = max(1, chunk_bytes // max(1, 4 * features.shape[1]))
-    for start in range(0, features.shape[0], rows):
-        stop = min(start + rows, features.shape[0])
-        var.scatter_update(tf.IndexedSlices(tf.constant(features[start:stop]), tf.range(start, stop)))
-    return var
+    from amr_tf.data.features import ItemFeatures, row_chunks
+
+    if isinstance(features, ItemFeatures):
+        raw, scale = features.raw, float(features.scale)
+        dtype = tf.float16 if raw.dtype == np.float16 else tf.float32
+        chunks = features.raw_chunks(chunk_bytes)
+    else:
+        raw, scale, dtype = np.asarray(features, dtype=np.float32), 1.0, tf.float32
+        chunks = ((s, e, raw[s:e]) for s, e in row_chunks(raw.shape[0], 4 * raw.shape[1], chunk_bytes))
+    var = tf.Variable(tf.zeros(raw.shape, dtype), trainable=False, name="features")
+    for start, stop, rows in chunks:
+        # float16 stays float16; ints and float64 become float32 exactly as the original's astype would
+        rows = np.asarray(rows, dtype=dtype.as_numpy_dtype)
+        var.scatter_update(tf.IndexedSlices(tf.constant(rows), tf.range(start, stop)))
+    return var, scale
+
+
+def stored_rows_to_features(rows, scale: float):
+    """Rows read from the resident variable as the original's normalised float32: ``float32(raw) / scale``.
+
+    The same two IEEE operations (an exact widening cast, one correctly rounded division by the
+    same float32 scale) as the original's whole-matrix normalisation, so the values are bit-identical.
+    """
+    if rows.dtype != tf.float32:
+        rows = tf.cast(rows, tf.float32)
+    if scale != 1.0:
+        rows = rows / tf.constant(scale, tf.float32)
+    return rows
 
 
 FEATURES_FILE = "features.npy"  # the .keras asset holding the item features
@@ -97,11 +126,16 @@ class VBPR(PairwiseModel):
         """
         super().__init__(num_users, num_items, embed_dim=embed_dim, regs=regs, learning_rates=learning_rates,
                          init_stddev=init_stddev, seed=seed, seen_items=seen_items, **kwargs)
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[0] != self.num_items:
+        from amr_tf.data.features import ItemFeatures
+
+        if not isinstance(features, ItemFeatures):
+            features = np.asarray(features, dtype=np.float32)
+        if len(features.shape) != 2 or features.shape[0] != self.num_items:
             raise AmrError(f"features must have shape ({self.num_items}, F), got {features.shape}")
         self.feature_dim = int(features.shape[1])
-        self.features = resident_features(features)
+        # ``features`` holds the rows as stored (float16 from a loaded dataset), ``feature_scale`` what
+        # they are divided by; read them through ``feature_rows`` (normalised float32).
+        self.features, self.feature_scale = resident_features(features)
         seed = None if self.seed is None else self.seed + 2
         init = keras.initializers.TruncatedNormal(stddev=self.init_stddev, seed=seed)
         self.E = self.add_weight(shape=(self.feature_dim, self.embed_dim), initializer=init, name="E")
@@ -117,6 +151,15 @@ class VBPR(PairwiseModel):
         feature_dim = int(config.pop("feature_dim"))
         return cls(features=np.zeros((int(config["num_items"]), feature_dim), np.float32), **config)
 
+    def feature_rows(self, items):
+        """The normalised float32 feature rows of ``items`` (gathered in the stored dtype, then cast and scaled)."""
+        return stored_rows_to_features(variable_rows(self.features, items), self.feature_scale)
+
+    def normalised_features(self):
+        """The whole normalised float32 feature matrix (items x F), e.g. for an attack; built by row chunks."""
+        parts = [self.feature_rows(tf.range(s, e)) for s, e in self._feature_chunks()]
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
     def _feature_chunks(self, chunk_bytes: int = 32 << 20):
         rows = max(1, chunk_bytes // max(1, 4 * self.feature_dim))
         return [(s, min(s + rows, self.num_items)) for s in range(0, self.num_items, rows)]
@@ -128,7 +171,7 @@ class VBPR(PairwiseModel):
         out = np.lib.format.open_memmap(Path(dir_path) / FEATURES_FILE, mode="w+", dtype=np.float32,
                                         shape=(self.num_items, self.feature_dim))
         for start, stop in self._feature_chunks():
-            out[start:stop] = variable_rows(self.features, tf.range(start, stop)).numpy()
+            out[start:stop] = self.feature_rows(tf.range(start, stop)).numpy()
         out.flush()
         del out
 
@@ -139,6 +182,8 @@ class VBPR(PairwiseModel):
         if not path.exists():
             raise AmrError(f"the .keras file has no {FEATURES_FILE}: it was not saved by amr_tf's VBPR/AMR")
         features = read_asset(path, "f")
+        if self.features.dtype != tf.float32 or self.feature_scale != 1.0:
+            raise AmrError("load_assets needs a model built with float32 features (as from_config builds it)")
         if features.shape != (self.num_items, self.feature_dim):
             raise AmrError(f"{FEATURES_FILE} in the .keras file has shape {features.shape}, expected "
                            f"({self.num_items}, {self.feature_dim})")
@@ -155,7 +200,7 @@ class VBPR(PairwiseModel):
 
     def visual_vectors(self, chunk_bytes: int = 32 << 20):
         """``C E`` for the whole catalogue, from row chunks of the features (bounded extra memory)."""
-        parts = [tf.matmul(variable_rows(self.features, tf.range(s, e)), self.E)
+        parts = [tf.matmul(self.feature_rows(tf.range(s, e)), self.E)
                  for s, e in self._feature_chunks(chunk_bytes)]
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
@@ -164,7 +209,7 @@ class VBPR(PairwiseModel):
         items = tf.convert_to_tensor(items)
         flat = tf.reshape(items, [-1])
         unique, index = tf.unique(flat)
-        visual = tf.matmul(variable_rows(self.features, unique), self.E)
+        visual = tf.matmul(self.feature_rows(unique), self.E)
         v = variable_rows(self.Q, flat) + tf.gather(visual, index)
         return tf.reshape(v, tf.concat([tf.shape(items), [self.embed_dim]], axis=0))
 
@@ -177,7 +222,7 @@ class VBPR(PairwiseModel):
     def batch_visual(self, batch, feature_rows=None):
         """``c_i E`` once per distinct item of the batch (n x K); ``feature_rows`` replace the ``c_i``."""
         if feature_rows is None:
-            feature_rows = variable_rows(self.features, batch.unique)
+            feature_rows = self.feature_rows(batch.unique)
         return project(feature_rows, self.E)
 
     def item_rows_from_visual(self, batch, visual):
