@@ -324,17 +324,20 @@ class _PickledNpyReader:
 
 
 def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | None = None,
-             mmap: bool = False) -> np.ndarray:
+             mmap: bool = False, expected: str | None = None) -> np.ndarray:
     """A plain numeric ``.npy`` array (``np.load(allow_pickle=False)``), every way it can be bad an ``error``.
 
     The header is read and checked against the file's size before any data is touched, so a
     truncated file (or a corrupt header claiming a huge shape) is named instead of allocating
-    memory for it; object (pickled) dtypes are refused. ``mmap=True`` returns a read-only
+    memory for it; object (pickled) dtypes are refused. ``what`` names the file expected where it
+    cannot be opened, ``expected`` (default ``what``) the content expected where it cannot be read.
+    ``mmap=True`` returns a read-only
     ``np.memmap`` of the already-opened regular file (C order only), so that a large feature
     matrix is paged in from disk as rows are read instead of being loaded whole.
     """
     path = Path(path)
     fh = open_regular(path, what, error, missing=missing)
+    what = expected or what
     with fh:
         size = os.fstat(fh.fileno()).st_size
         magic = fh.read(6)

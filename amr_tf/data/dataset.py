@@ -282,7 +282,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         )
     # As the original: num_items comes from the id files; extra feature rows (items that never
     # occur) are dropped after the global normalisation, so Q and the feature matrix align.
-    features = features[:num_items]
+    features = features.first_rows(num_items)  # still memory-mapped, same scale
     ds = AmrDataset(
         num_users=num_users,
         num_items=num_items,

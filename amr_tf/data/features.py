@@ -97,6 +97,10 @@ class ItemFeatures(NDArrayOperatorsMixin):
     def __getitem__(self, key) -> np.ndarray:
         return self.normalise(self.raw[key])
 
+    def first_rows(self, n: int) -> "ItemFeatures":
+        """The first ``n`` rows, held the same way (a view of the file) and scaled by the same global max."""
+        return self if n >= len(self) else ItemFeatures(self.raw[:n], scale=self.scale, source=self.source)
+
     def chunks(self, chunk_bytes: int = CHUNK_BYTES):
         """Yield ``(start, stop, rows)``: the normalised float32 rows by blocks, releasing mapped pages after each."""
         for start, stop in row_chunks(len(self), 4 * self.shape[1], chunk_bytes):
@@ -148,18 +152,22 @@ def _global_max(raw, source) -> float:
     if raw.shape[0] == 0 or raw.shape[1] == 0:
         raise DataError(f"{where}: features have shape {raw.shape}; expected at least one item and one dimension")
     best = np.float32(0.0)
-    for start, stop in row_chunks(raw.shape[0], raw.dtype.itemsize * raw.shape[1]):
+    # Small blocks: the checks below make a few temporaries of a block's size each.
+    for start, stop in row_chunks(raw.shape[0], raw.dtype.itemsize * raw.shape[1], CHUNK_BYTES // 4):
         block = np.asarray(raw[start:stop])
         if block.dtype.kind == "f" and not np.isfinite(block).all():
             r, c = np.argwhere(~np.isfinite(block))[0]
             raise DataError(f"{where}: row {start + r}, column {c} is {block[r, c]}; features must be finite")
-        with np.errstate(over="ignore"):
-            cast = block.astype(np.float32)
-        if not np.isfinite(cast).all():
-            r, c = np.argwhere(~np.isfinite(cast))[0]
-            raise DataError(f"{where}: row {start + r}, column {c} is {block[r, c]}, beyond float32's range; "
-                            "rescale the features")
-        best = max(best, np.abs(cast).max())
+        if block.dtype == np.float16:  # float16 -> float32 is exact: the max of the raw values is the same number
+            best = max(best, np.float32(np.abs(block).max()))
+        else:
+            with np.errstate(over="ignore"):
+                cast = block.astype(np.float32)
+            if not np.isfinite(cast).all():
+                r, c = np.argwhere(~np.isfinite(cast))[0]
+                raise DataError(f"{where}: row {start + r}, column {c} is {block[r, c]}, beyond float32's range; "
+                                "rescale the features")
+            best = max(best, np.abs(cast).max())
         release_rows(raw, start, stop)
     if best == 0.0:
         raise DataError(f"{where}: all features are zero; cannot normalise by the global max |value|")
@@ -170,7 +178,8 @@ def load_item_features(path: str | os.PathLike) -> ItemFeatures:
     """An item-feature ``.npy`` as :class:`ItemFeatures`: memory-mapped (through :func:`amr_tf.safe_io.read_npy`),
     every value checked and the global max |value| computed in one pass, nothing held in memory."""
     path = Path(path)
-    raw = read_npy(path, "a .npy feature file", DataError, missing=f"{path}: feature file not found", mmap=True)
+    raw = read_npy(path, "a .npy feature file", DataError, missing=f"{path}: feature file not found", mmap=True,
+                   expected="a .npy array of item features")
     if raw.dtype.kind not in "fiu":
         raise DataError(f"{path}: features must be a numeric (float or int) array, got dtype {raw.dtype}")
     if raw.ndim != 2:

@@ -66,16 +66,19 @@ def resident_features(features, chunk_bytes: int = 32 << 20) -> tuple[tf.Variabl
     return var, scale
 
 
-def stored_rows_to_features(rows, scale: float):
+def stored_rows_to_features(rows, scale):
     """Rows read from the resident variable as the original's normalised float32: ``float32(raw) / scale``.
 
     The same two IEEE operations (an exact widening cast, one correctly rounded division by the
     same float32 scale) as the original's whole-matrix normalisation, so the values are bit-identical.
+    ``scale`` is ``None`` (rows already normalised) or a float32 ``tf.Variable``: a variable, not a
+    constant, because Grappler's constant folding rewrites ``x / constant`` as ``x * (1 / constant)``
+    inside a ``tf.function``, which rounds differently in about one value in ten.
     """
     if rows.dtype != tf.float32:
         rows = tf.cast(rows, tf.float32)
-    if scale != 1.0:
-        rows = rows / tf.constant(scale, tf.float32)
+    if scale is not None:
+        rows = rows / scale
     return rows
 
 
@@ -136,6 +139,8 @@ class VBPR(PairwiseModel):
         # ``features`` holds the rows as stored (float16 from a loaded dataset), ``feature_scale`` what
         # they are divided by; read them through ``feature_rows`` (normalised float32).
         self.features, self.feature_scale = resident_features(features)
+        self._scale_var = (None if self.feature_scale == 1.0 else
+                           tf.Variable(self.feature_scale, dtype=tf.float32, trainable=False, name="feature_scale"))
         seed = None if self.seed is None else self.seed + 2
         init = keras.initializers.TruncatedNormal(stddev=self.init_stddev, seed=seed)
         self.E = self.add_weight(shape=(self.feature_dim, self.embed_dim), initializer=init, name="E")
@@ -153,7 +158,7 @@ class VBPR(PairwiseModel):
 
     def feature_rows(self, items):
         """The normalised float32 feature rows of ``items`` (gathered in the stored dtype, then cast and scaled)."""
-        return stored_rows_to_features(variable_rows(self.features, items), self.feature_scale)
+        return stored_rows_to_features(variable_rows(self.features, items), self._scale_var)
 
     def normalised_features(self):
         """The whole normalised float32 feature matrix (items x F), e.g. for an attack; built by row chunks."""

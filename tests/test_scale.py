@@ -1,0 +1,215 @@
+"""Issue 17: features held once (memory-mapped, float16-resident, normalised per batch, bit-exact)
+and full-ranking evaluation streamed in user x item blocks (equal to brute force)."""
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amr_tf.data import AmrDataset, ItemFeatures, load_amr_dir, load_item_features, write_amr_dir
+from amr_tf.errors import AmrError, DataError
+from amr_tf.evaluation import rank_test_items
+from amr_tf.models import AMR, VBPR
+from amr_tf.safe_io import read_npy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def old_normalisation(path):
+    """What the project did before issue 17: the whole file as float32, divided by its global max."""
+    raw = np.load(path, allow_pickle=False)
+    feats = raw.astype(np.float32)
+    feats /= float(np.abs(feats).max())
+    return feats
+
+
+@pytest.fixture
+def float16_dir(tmp_path, tiny_dataset):
+    # Features with many distinct float16 values, a max that is not a power of two (so the division
+    # rounds), negatives included.
+    rng = np.random.default_rng(7)
+    feats = (rng.normal(size=tiny_dataset.features.shape) * 37.3).astype(np.float16)
+    ds = AmrDataset(tiny_dataset.num_users, tiny_dataset.num_items, feats.astype(np.float32),
+                    tiny_dataset.train_pairs, tiny_dataset.test_candidates)
+    write_amr_dir(ds, tmp_path / "ds", feature_dtype=np.float16)
+    return tmp_path / "ds"
+
+
+def test_loaded_features_are_memory_mapped_and_read_as_the_old_float32_to_the_bit(float16_dir):
+    ds = load_amr_dir(float16_dir)
+    feats = ds.features
+    assert isinstance(feats, ItemFeatures) and isinstance(feats.raw, np.memmap)
+    assert feats.raw.dtype == np.float16 and not feats.raw.flags.writeable
+    old = old_normalisation(float16_dir / "f_resnet.npy")
+    assert feats.scale == np.abs(np.load(float16_dir / "f_resnet.npy", allow_pickle=False).astype(np.float32)).max()
+    np.testing.assert_array_equal(np.asarray(feats).view(np.uint32), old.view(np.uint32))
+    idx = np.array([5, 0, 59, 5])
+    np.testing.assert_array_equal(feats[idx].view(np.uint32), old[idx].view(np.uint32))
+    assert feats.shape == old.shape and ds.feature_dim == old.shape[1] and feats.nbytes == old.nbytes
+    w = np.random.default_rng(0).normal(size=(old.shape[1], 2)).astype(np.float32)
+    np.testing.assert_array_equal(feats @ w, old @ w)
+    # The fingerprint (recorded by checkpoints) is the one of the float32 matrix, as before.
+    same = AmrDataset(ds.num_users, ds.num_items, old, ds.train_pairs, ds.test_candidates)
+    assert ds.fingerprint == same.fingerprint
+
+
+def test_model_holds_float16_rows_and_normalises_per_batch_bit_exactly(float16_dir):
+    ds = load_amr_dir(float16_dir)
+    old = old_normalisation(float16_dir / "f_resnet.npy")
+    model = AMR(ds.num_users, ds.num_items, ds.features, embed_dim=4, seed=0)
+    assert model.features.dtype == tf.float16 and not model.features.trainable
+    assert model.feature_scale == float(ds.features.scale)
+    idx = tf.constant([3, 3, 17, 0, 59])
+    got = model.feature_rows(idx).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), old[idx.numpy()].view(np.uint32))
+    np.testing.assert_array_equal(model.normalised_features().numpy().view(np.uint32), old.view(np.uint32))
+
+
+def test_training_from_float16_residency_equals_training_from_float32(float16_dir):
+    """Same seeds, same batches: the weights after a few AMR steps are identical to the bit."""
+    ds = load_amr_dir(float16_dir)
+    old = old_normalisation(float16_dir / "f_resnet.npy")
+    models = []
+    for feats in (ds.features, old):
+        m = AMR(ds.num_users, ds.num_items, feats, embed_dim=4, seed=3, adv_weight=1.0, eps=0.5)
+        m.compile()
+        models.append(m)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        batch = tuple(tf.constant(rng.integers(0, n, 16).astype(np.int32))
+                      for n in (ds.num_users, ds.num_items, ds.num_items))
+        for m in models:
+            m.train_on_batch(batch)
+    a, b = (m.weight_arrays() for m in models)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_array_equal(rank_test_items(models[0], ds, protocol="full"),
+                                  rank_test_items(models[1], ds, protocol="full"))
+
+
+def test_vbpr_from_an_array_keeps_float32_and_no_scale(tiny_dataset):
+    model = VBPR(tiny_dataset.num_users, tiny_dataset.num_items, tiny_dataset.features, embed_dim=4, seed=0)
+    assert model.features.dtype == tf.float32 and model.feature_scale == 1.0
+    with pytest.raises(AmrError, match="features must have shape"):
+        VBPR(3, 5, ItemFeatures(np.ones((4, 2), np.float16)))
+
+
+def test_safe_memmap_reader_refuses_what_it_cannot_map(tmp_path):
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.arange(12, dtype=np.float16).reshape(3, 4)))
+    with pytest.raises(DataError, match="Fortran"):
+        read_npy(tmp_path / "f.npy", error=DataError, mmap=True)
+    assert read_npy(tmp_path / "f.npy", error=DataError).shape == (3, 4)  # loaded whole: fine
+    np.save(tmp_path / "t.npy", np.ones((100, 8), np.float16))
+    data = (tmp_path / "t.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        load_item_features(tmp_path / "t.npy")
+    np.save(tmp_path / "o.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="pickled"):
+        read_npy(tmp_path / "o.npy", error=DataError, mmap=True)
+    bad = np.ones((5, 3), np.float16)
+    bad[4, 2] = np.inf
+    np.save(tmp_path / "i.npy", bad)
+    with pytest.raises(DataError, match="row 4, column 2 is inf"):
+        load_item_features(tmp_path / "i.npy")
+
+
+def test_scanning_a_mapped_file_does_not_keep_it_resident(tmp_path):
+    """The scale scan, the variable's fill and a full read release the file's pages as they go:
+    peak RSS grows by the float16 variable (one copy), not by the mapped file on top of it."""
+    big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float16, shape=(12_000, 4096))
+    big[:] = 1.5  # 96 MiB, written here so that the child's peak RSS starts low
+    big.flush()
+    del big
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import numpy as np
+        sys.path.insert(0, {str(ROOT)!r})
+        from amr_tf.data import load_item_features
+        import tensorflow as tf
+        from amr_tf.models.vbpr import resident_features
+        tf.Variable(tf.zeros([4, 4], tf.float16)).scatter_update(tf.IndexedSlices(tf.ones([1, 4], tf.float16), [0]))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        f = load_item_features("{tmp_path}/big.npy")
+        after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        var, scale = resident_features(f)
+        after_fill = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after_load - base) // 1024, (after_fill - base) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    load_mib, fill_mib = map(int, out.stdout.split()[-2:])
+    assert load_mib < 48, (load_mib, fill_mib)  # a 96 MiB file scanned with < 48 MiB of growth
+    assert fill_mib < 96 + 48, (load_mib, fill_mib)  # the variable (96 MiB) plus chunks, not 2 x 96
+
+
+# ---------------------------------------------------------------------------- blocked full ranking
+
+
+class Vectors:
+    def __init__(self, users, items):
+        self.u, self.i = np.asarray(users, np.float32), np.asarray(items, np.float32)
+
+    def user_vectors(self):
+        return self.u
+
+    def item_vectors(self, features=None):
+        return self.i
+
+
+def brute_force_full_ranks(model, ds, users, positives):
+    scores = model.u.astype(np.float64) @ model.i.astype(np.float64).T
+    train = ds.train_matrix.toarray() > 0
+    out = []
+    for u, p in zip(users, positives):
+        others = ~train[u]
+        others[p] = False
+        out.append(int(np.sum(scores[u, others] >= scores[u, p])))
+    return out
+
+
+@pytest.mark.parametrize("user_block,item_block", [(None, None), (1, 1), (7, 13), (40, 60), (3, 59), (64, 1000)])
+def test_blocked_full_ranking_equals_brute_force(tiny_dataset, rng, user_block, item_block):
+    ds = tiny_dataset
+    model = Vectors(rng.normal(size=(ds.num_users, 5)), rng.normal(size=(ds.num_items, 5)))
+    want = brute_force_full_ranks(model, ds, range(ds.num_users), ds.test_candidates[:, 0])
+    got = rank_test_items(model, ds, protocol="full", user_block=user_block, item_block=item_block)
+    assert got.tolist() == want
+    rows = np.array([39, 2, 2, 17])
+    sub = rank_test_items(model, ds, protocol="full", rows=rows, user_block=user_block, item_block=item_block)
+    assert sub.tolist() == [want[r] for r in rows]
+
+
+def test_blocked_full_ranking_with_a_positive_among_the_training_items(rng):
+    # User 0's positive (item 2) is also a training item: excluded once, not twice.
+    ds = AmrDataset(num_users=2, num_items=9, features=np.zeros((9, 1), np.float32),
+                    train_pairs=np.array([[0, 2], [0, 5], [1, 1]]), test_candidates=np.array([[2, 3], [4, 0]]))
+    model = Vectors(rng.normal(size=(2, 3)), rng.normal(size=(9, 3)))
+    want = brute_force_full_ranks(model, ds, [0, 1], [2, 4])
+    for ib in (1, 2, 4, 9):
+        assert rank_test_items(model, ds, protocol="full", item_block=ib, user_block=1).tolist() == want
+
+
+def test_sampled_ranking_of_a_row_subset(tiny_dataset, rng):
+    ds = tiny_dataset
+    model = Vectors(rng.normal(size=(ds.num_users, 4)), rng.normal(size=(ds.num_items, 4)))
+    all_rows = rank_test_items(model, ds)
+    rows = np.array([0, 33, 5])
+    assert rank_test_items(model, ds, rows=rows).tolist() == all_rows[rows].tolist()
+
+
+def test_fingerprint_hashes_as_the_float32_matrix():
+    feats = ItemFeatures(np.array([[1, -2], [3, 8]], np.float16))
+    h = hashlib.sha256()
+    feats.update_hash(h)
+    want = hashlib.sha256()
+    arr = np.array([[1, -2], [3, 8]], np.float32) / np.float32(8)
+    want.update(str(arr.dtype).encode() + str(arr.shape).encode())
+    want.update(arr.tobytes())
+    assert h.hexdigest() == want.hexdigest()
