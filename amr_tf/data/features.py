@@ -174,12 +174,19 @@ def _global_max(raw, source) -> float:
     return best
 
 
+def read_feature_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
+    """A feature ``.npy`` through :func:`amr_tf.safe_io.read_npy` (memory-mapped unless ``mmap=False``),
+    with the feature file's messages (``DataError``)."""
+    path = Path(path)
+    return read_npy(path, "a .npy feature file", DataError, missing=f"{path}: feature file not found", mmap=mmap,
+                    expected="a .npy array of item features")
+
+
 def load_item_features(path: str | os.PathLike) -> ItemFeatures:
     """An item-feature ``.npy`` as :class:`ItemFeatures`: memory-mapped (through :func:`amr_tf.safe_io.read_npy`),
     every value checked and the global max |value| computed in one pass, nothing held in memory."""
     path = Path(path)
-    raw = read_npy(path, "a .npy feature file", DataError, missing=f"{path}: feature file not found", mmap=True,
-                   expected="a .npy array of item features")
+    raw = read_feature_npy(path)
     if raw.dtype.kind not in "fiu":
         raise DataError(f"{path}: features must be a numeric (float or int) array, got dtype {raw.dtype}")
     if raw.ndim != 2:
