@@ -62,9 +62,32 @@ def gradient_volume(model, ds, batch_size: int, seed: int = 0) -> dict:
     return out
 
 
-def worker(root: Path, name: str, steps: int, batch_size: int, reference: bool) -> dict:
+def _patient_coordination(heartbeat_s: int) -> None:
+    """Configure TensorFlow's coordination service as the strategy would, with a longer heartbeat timeout.
+
+    On a starved machine (here: 2 shared cores, load average 20-40) a worker can miss the default
+    heartbeat and the cluster aborts (``UNAVAILABLE: ... heartbeat timeout``). The strategy only
+    configures the service when none is, so configuring it first changes just that timeout.
+    Private TensorFlow API (2.21), used by this benchmark only.
+    """
+    from tensorflow.core.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.eager import context
+
+    spec = TFConfigClusterResolver().cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=j, num_tasks=spec.num_tasks(j))
+            for j in ("chief", "worker") if j in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=heartbeat_s * 1000)
+
+
+def worker(root: Path, name: str, steps: int, batch_size: int, reference: bool, heartbeat_s: int = 0) -> dict:
     import tensorflow as tf
 
+    if heartbeat_s:
+        _patient_coordination(heartbeat_s)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: reads TF_CONFIG, starts the gRPC server
 
     import numpy as np
@@ -109,13 +132,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=1024, help="the global batch (each worker takes half)")
     p.add_argument("--timeout", type=int, default=3000)
+    p.add_argument("--heartbeat_s", type=int, default=0,
+                   help="coordination-service heartbeat timeout (0: TensorFlow's default); raise it on a starved machine")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(Path(args.worker), args.model, args.steps, args.batch_size,
-                                            args.reference)))
+                                            args.reference, args.heartbeat_s)))
         return 0
     from benchmarks.scale import write_catalogue
 
@@ -132,7 +157,8 @@ def main(argv=None) -> int:
         for index in range(2):
             env = dict(base, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
             cmd = [sys.executable, "-m", "benchmarks.multiworker", "--worker", str(root), "--model", args.model,
-                   "--steps", str(args.steps), "--batch_size", str(args.batch_size)]
+                   "--steps", str(args.steps), "--batch_size", str(args.batch_size),
+                   "--heartbeat_s", str(args.heartbeat_s)]
             procs.append(subprocess.Popen(cmd + (["--reference"] if index == 0 else []), cwd=ROOT, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         t0 = time.perf_counter()
