@@ -70,7 +70,7 @@ def _patient_coordination(heartbeat_s: int) -> None:
     configures the service when none is, so configuring it first changes just that timeout.
     Private TensorFlow API (2.21), used by this benchmark only.
     """
-    from tensorflow.core.protobuf import coordination_config_pb2
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
     from tensorflow.python.eager import context

@@ -5,6 +5,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,20 @@ def test_device_report_says_when_there_is_no_gpu_and_smoke_runs_on_the_cpu(tmp_p
     assert [r["items"] for r in data["scale"]] == [2000, 6000]
     assert all(r["peak_rss_mib"] > 0 and r["VBPR_step_ms"] > 0 and "error" not in r for r in data["scale"])
     assert (tmp_path / "r" / "scale.png").stat().st_size > 0
+
+
+def test_validation_none_train_matrix_includes_the_folded_validation_pairs(tmp_path, tiny_dataset):
+    """Found while checking issue 17's metrics: the checks in load_amr_dir cached ``train_matrix``
+    from pos.txt before val.txt was folded back, so full ranking under --validation none did not
+    exclude the validation positives (HR@5 0.0616 -> 0.0584 on the embedded dataset)."""
+    ds = tiny_dataset
+    val = np.concatenate([ds.test_candidates[:, 1:2], ds.test_candidates[:, 2:6]], axis=1)  # never trained
+    write_amr_dir(AmrDataset(ds.num_users, ds.num_items, ds.features, ds.train_pairs, ds.test_candidates,
+                             validation_candidates=val, validation_users=np.arange(len(val)),
+                             validation="val.txt"), tmp_path / "d")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the toy split's negatives may be training items: only a warning
+        loaded = load_amr_dir(tmp_path / "d", validation="none")
+    keys = np.unique(loaded.train_pairs[:, 0] * ds.num_items + loaded.train_pairs[:, 1])
+    assert loaded.train_matrix.nnz == len(keys) == len(np.unique(ds.train_pairs[:, 0] * ds.num_items
+                                                                 + ds.train_pairs[:, 1])) + len(val)

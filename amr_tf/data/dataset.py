@@ -308,6 +308,8 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         ds.source_files += (val_path.name,)
         if validation == "none":
             ds.train_pairs = fold_validation(pairs, val)
+            for stale in ("train_matrix", "item_popularity", "cold_start_items", "fingerprint"):
+                ds.__dict__.pop(stale, None)  # cached from pos.txt alone by the checks above
         else:
             ds.validation_candidates, ds.validation_users = val, np.arange(len(val), dtype=np.int64)
             ds.validation = "val.txt"
