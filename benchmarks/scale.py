@@ -101,8 +101,19 @@ def _timed(fn, *args, **kwargs):
     return time.perf_counter() - t0, out
 
 
-def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: int, models=("VBPR", "AMR")) -> dict:
-    """Load ``root`` and time training and evaluation; the JSON-able result (run in a fresh process)."""
+def _progress(res: dict) -> None:
+    """What is measured so far, on stderr (the driver's log), so that an interrupted size still shows it."""
+    print("progress " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}),
+          file=sys.stderr, flush=True)
+
+
+def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: int, models=("VBPR", "AMR"),
+            evaluate: bool = True) -> dict:
+    """Load ``root`` and time training (and evaluation, with the last model); the JSON-able result.
+
+    Run in a fresh process per model (the driver does): Keras and ``tf.function`` caches keep a
+    trained model's variables alive after ``del``, so a second model in the same process would
+    count both models' feature tables in the peak."""
     import tensorflow as tf
 
     from amr_tf.data import TripletSampler, load_amr_dir, triplet_dataset
@@ -113,6 +124,7 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
     res["load_s"], ds = _timed(load_amr_dir, root, validation="none")
     res.update(items=ds.num_items, users=ds.num_users, pairs=len(ds.train_pairs), dim=ds.feature_dim,
                rss_after_load_mib=rss_now(), feature_file_mib=(root / "f_resnet.npy").stat().st_size / MiB)
+    _progress(res)
     sampler = TripletSampler(ds, seed=0)
     res["sampler_epoch_s"], _ = _timed(sampler.sample_epoch, 0)
     steps_per_epoch = sampler.steps_per_epoch(batch_size)
@@ -134,6 +146,10 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
         res[f"{name}_epoch_s"] = res["sampler_epoch_s"] + seconds / measured * steps_per_epoch
         res[f"{name}_epoch_measured"] = measured == steps_per_epoch
         res[f"rss_after_{name}_mib"] = rss_now()
+        _progress(res)
+    if not evaluate:
+        res["peak_rss_mib"] = rss_peak()
+        return res
     res["sampled_eval_s"], ranks = _timed(rank_test_items, model, ds)
     res["sampled_HR@10"] = float(np.mean(ranks < 10))
     n_eval = min(eval_users, ds.num_users)
@@ -221,15 +237,24 @@ def run_size(label, spec, args, workdir: Path, log) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.scale", "--measure", str(root), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch_size", str(args.batch_size), "--eval_users", str(args.eval_users)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    res = {}
+    # One process per model (see measure); the last one also evaluates. Progress goes to our stderr.
+    for name, extra in (("VBPR", ["--no_eval"]), ("AMR", [])):
+        proc = subprocess.run(cmd + ["--models", name] + extra, stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        if proc.returncode != 0:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+            log(f"[{label}] {name} FAILED (exit {proc.returncode}); see the progress lines above")
+            return {"items": items, "error": f"{name} process exit {proc.returncode}", **res,
+                    "wall_s": time.perf_counter() - t0}
+        one = json.loads(proc.stdout.strip().splitlines()[-1])
+        peak = max(res.get("peak_rss_mib", 0), one["peak_rss_mib"])
+        res.update(one, peak_rss_mib=peak)
+        res[f"{name}_peak_rss_mib"] = one["peak_rss_mib"]
     wall = time.perf_counter() - t0
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        log(f"[{label}] FAILED (exit {proc.returncode}): {' | '.join(tail)}")
-        return {"items": items, "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}", "wall_s": wall}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
     res.update(gen, label=label, wall_s=wall)
     log(f"[{label}] " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()}))
     return res
@@ -251,9 +276,12 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process's entry
+    p.add_argument("--models", default="VBPR,AMR", help=argparse.SUPPRESS)
+    p.add_argument("--no_eval", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.measure:
-        res = measure(Path(args.measure), args.steps, args.warmup, args.batch_size, args.eval_users)
+        res = measure(Path(args.measure), args.steps, args.warmup, args.batch_size, args.eval_users,
+                      models=tuple(args.models.split(",")), evaluate=not args.no_eval)
         print(json.dumps(res))
         return 0
     sizes = QUICK_SIZES if args.quick else {k: SIZES[k] for k in args.sizes.split(",")}
