@@ -238,8 +238,8 @@ def run_size(label, spec, args, workdir: Path, log) -> dict:
            "--warmup", str(args.warmup), "--batch_size", str(args.batch_size), "--eval_users", str(args.eval_users)]
     t0 = time.perf_counter()
     res = {}
-    # One process per model (see measure); the last one also evaluates. Progress goes to our stderr.
-    for name, extra in (("VBPR", ["--no_eval"]), ("AMR", [])):
+    # One process per model (see measure); AMR's, first, also evaluates. Progress goes to our stderr.
+    for name, extra in (("AMR", []), ("VBPR", ["--no_eval"])):
         proc = subprocess.run(cmd + ["--models", name] + extra, stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).resolve().parents[1])
         if proc.returncode != 0:
@@ -250,7 +250,7 @@ def run_size(label, spec, args, workdir: Path, log) -> dict:
                     "wall_s": time.perf_counter() - t0}
         one = json.loads(proc.stdout.strip().splitlines()[-1])
         peak = max(res.get("peak_rss_mib", 0), one["peak_rss_mib"])
-        res.update(one, peak_rss_mib=peak)
+        res.update({k: v for k, v in one.items() if k not in res or k.startswith(name)}, peak_rss_mib=peak)
         res[f"{name}_peak_rss_mib"] = one["peak_rss_mib"]
     wall = time.perf_counter() - t0
     if not args.keep:
