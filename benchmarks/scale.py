@@ -141,8 +141,12 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
         with _several_steps_per_call(model, measured):
             # The warm-up traces the step with the same shape of fit as the timed one (steps per call).
             model.fit(stream, steps_per_epoch=warmup or measured, epochs=1, verbose=0)
+            cpu0 = time.process_time()
             seconds, _ = _timed(model.fit, stream, steps_per_epoch=measured, epochs=1, verbose=0)
+            cpu = time.process_time() - cpu0
         res[f"{name}_step_ms"] = 1000 * seconds / measured
+        # CPU time of this process (all its threads): less sensitive than wall time to other jobs.
+        res[f"{name}_step_cpu_ms"] = 1000 * cpu / measured
         res[f"{name}_epoch_s"] = res["sampler_epoch_s"] + seconds / measured * steps_per_epoch
         res[f"{name}_epoch_measured"] = measured == steps_per_epoch
         res[f"rss_after_{name}_mib"] = rss_now()
