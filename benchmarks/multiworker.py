@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_ports(n):
+def free_ports(n):
+    """``n`` localhost TCP ports free right now (for the workers' gRPC servers)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
         for s in socks:
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         gen = write_catalogue(root, args.items, args.users, args.pairs, args.dim)
         log(f"catalogue: {args.items:,} items x {args.dim}, {args.users:,} users, {args.pairs:,} pairs "
             f"({gen['generate_s']:.0f} s)")
-        ports = _free_ports(2)
+        ports = free_ports(2)
         cluster = {"worker": [f"localhost:{q}" for q in ports]}
         base = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "grpc_proxy")}
         procs = []

@@ -186,16 +186,9 @@ _NO_CONNECTION = ("failed to connect to all addresses", "Connection refused")
 
 
 def _free_ports(n):
-    import socket
+    from benchmarks.multiworker import free_ports
 
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    return free_ports(n)
 
 
 def _tail(text, n=3000):

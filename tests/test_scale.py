@@ -17,6 +17,7 @@ from amr_tf.errors import AmrError, DataError
 from amr_tf.evaluation import rank_test_items
 from amr_tf.models import AMR, VBPR
 from amr_tf.safe_io import read_npy
+from tests.test_evaluation import FixedScores as Vectors  # the evaluation's whole interface
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,17 +153,6 @@ def test_scanning_a_mapped_file_does_not_keep_it_resident(tmp_path):
 
 
 # ---------------------------------------------------------------------------- blocked full ranking
-
-
-class Vectors:
-    def __init__(self, users, items):
-        self.u, self.i = np.asarray(users, np.float32), np.asarray(items, np.float32)
-
-    def user_vectors(self):
-        return self.u
-
-    def item_vectors(self, features=None):
-        return self.i
 
 
 def brute_force_full_ranks(model, ds, users, positives):
