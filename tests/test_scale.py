@@ -71,6 +71,9 @@ def test_model_holds_float16_rows_and_normalises_per_batch_bit_exactly(float16_d
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got.view(np.uint32), old[idx.numpy()].view(np.uint32))
     np.testing.assert_array_equal(model.normalised_features().numpy().view(np.uint32), old.view(np.uint32))
+    # Item vectors by row blocks (q_i + c_i E together) equal the whole-matrix sum to the bit.
+    whole = (model.Q + tf.matmul(tf.constant(old), model.E)).numpy()
+    np.testing.assert_array_equal(model.item_vectors().numpy(), whole)
 
 
 def test_training_from_float16_residency_equals_training_from_float32(float16_dir):

@@ -201,7 +201,11 @@ class VBPR(PairwiseModel):
     def item_vectors(self, features=None):
         if features is not None:
             return self.Q + tf.matmul(tf.convert_to_tensor(features, tf.float32), self.E)
-        return self.Q + self.visual_vectors()
+        # By row blocks, q_i + c_i E read together: never a dense copy of Q (copy-on-read after the
+        # optimiser's scatters) beside the whole visual part and their sum (3 x items x K at once).
+        parts = [variable_rows(self.Q, rows) + tf.matmul(self.feature_rows(rows), self.E)
+                 for rows in (tf.range(s, e) for s, e in self._feature_chunks())]
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def visual_vectors(self, chunk_bytes: int = 32 << 20):
         """``C E`` for the whole catalogue, from row chunks of the features (bounded extra memory)."""
