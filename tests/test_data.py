@@ -1,5 +1,6 @@
 """The original directory format, the synthetic generator and the triplet sampler."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -109,6 +110,50 @@ def test_sampler_rejects_training_and_cold_items(tiny_dataset):
     if cold.any():
         draws = np.concatenate([TripletSampler(ds, seed=0, exclude_cold_start=False).sample_epoch(e)[2] for e in range(20)])
         assert cold[draws].any()  # the switch really lets cold items through
+
+
+def test_cold_start_rule_follows_the_protocol(tiny_dataset):
+    """``auto``: the original's rule (test positives without a training pair) under the original
+    protocol; with a validation split, items without a training pair, a rule that reads no test
+    item (checked by redrawing every test row: the forbidden items do not move)."""
+    from amr_tf.data import carve_holdout
+    from amr_tf.data.sampling import resolve_cold_start_rule
+
+    ds = tiny_dataset
+    held = carve_holdout(ds)
+    assert resolve_cold_start_rule("auto", ds) == "original" and resolve_cold_start_rule("auto", held) == "train"
+    assert [resolve_cold_start_rule(r, held) for r in (True, False, "original", "off")] == ["original", "off", "original", "off"]
+    with pytest.raises(DataError, match="cold-start rule must be one of"):
+        resolve_cold_start_rule("sometimes", ds)
+    s = TripletSampler(held, seed=0)
+    assert s.cold_start_rule == "train"
+    untrained = held.item_popularity == 0
+    assert untrained.any() and not held.cold_start_items[~untrained].any()
+    j = np.concatenate([s.sample_epoch(e)[2] for e in range(5)])
+    assert not untrained[j].any()
+    rng = np.random.default_rng(0)
+    garbage = dataclasses.replace(held, test_candidates=rng.integers(0, ds.num_items, held.test_candidates.shape))
+    assert not np.array_equal(garbage.cold_start_items, held.cold_start_items)
+    for e in range(3):
+        for x, y in zip(TripletSampler(garbage, seed=0).sample_epoch(e), s.sample_epoch(e)):
+            np.testing.assert_array_equal(x, y)
+    assert TripletSampler(ds, seed=0).cold_start_rule == "original"
+
+
+def test_cold_start_rule_flag_reads_old_manifests():
+    """Runs before the rule had names recorded ``true``/``false``: they mean original/off."""
+    import argparse
+
+    from amr_tf.cli import _stored_flag, _train_actions
+    from amr_tf.flags import cold_start_rule
+
+    assert [cold_start_rule(t) for t in ("true", "False", "auto", "TRAIN", "off")] == ["original", "off", "auto", "train", "off"]
+    with pytest.raises(argparse.ArgumentTypeError, match="auto, original, train, off"):
+        cold_start_rule("maybe")
+    action = _train_actions()["cold_start_rule"]
+    assert action.default == "auto"
+    assert _stored_flag(action, True, "old.json") == "original" and _stored_flag(action, False, "old.json") == "off"
+    assert _stored_flag(action, "train", "new.json") == "train"
 
 
 def test_sampler_epochs_are_reproducible_and_distinct(tiny_dataset):

@@ -83,8 +83,14 @@ class AmrDataset:
         return np.bincount(self.train_pairs[:, 1], minlength=self.num_items).astype(np.int64)
 
     @cached_property
+    def untrained_items(self) -> np.ndarray:
+        """Boolean mask of items with no training pair (known from the training pairs alone)."""
+        return self.item_popularity == 0
+
+    @cached_property
     def cold_start_items(self) -> np.ndarray:
-        """Boolean mask of test positives that never occur in training (the original's "cold" items)."""
+        """Boolean mask of test positives that never occur in training (the original's "cold" items;
+        reads the test split, see :func:`amr_tf.data.sampling.resolve_cold_start_rule`)."""
         cold = np.zeros(self.num_items, dtype=bool)
         if len(self.test_candidates):
             cold[self.test_candidates[:, 0]] = True
