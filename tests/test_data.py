@@ -203,9 +203,13 @@ def test_val_txt_is_read_checked_and_fingerprinted(tmp_path):
     assert ds.validation == "val.txt"
     assert ds.validation_candidates.tolist() == [[4, 3], [3, 4]] and ds.validation_users.tolist() == [0, 1]
     assert ds.record()["validation"] == "val.txt" and "val.txt" in ds.record()["files_sha256"]
-    plain = load_amr_dir(root, validation="none")  # the original protocol ignores val.txt
+    plain = load_amr_dir(root, validation="none")  # the original protocol: val.txt's positives train
     assert plain.validation_candidates is None and plain.validation == "none"
+    assert plain.train_pairs.tolist() == [[0, 1], [0, 2], [0, 4], [1, 2], [1, 3]]  # merged in pos.txt's order
     assert ds.fingerprint != plain.fingerprint
+    (tmp_path / "merged").mkdir()
+    merged = write_dir(tmp_path / "merged", pos="0 1\n0 2\n0 4\n1 2\n1 3\n", neg="3 0\n4 0\n")
+    assert load_amr_dir(merged).fingerprint == plain.fingerprint  # = the same data built without val.txt
     assert load_amr_dir(root, validation="holdout").validation == "val.txt"  # a val.txt wins over carving
     # the fingerprint without a validation split is the one the shipped checkpoints record
     import hashlib
@@ -227,6 +231,18 @@ def test_val_txt_is_read_checked_and_fingerprinted(tmp_path):
 def test_bad_val_txt_gives_line_precise_errors(tmp_path, val, match):
     with pytest.raises(DataError, match=match):
         load_amr_dir(write_val_dir(tmp_path, val=val))
+
+
+def test_validation_none_appends_to_an_unsorted_pos_txt(tmp_path):
+    root = write_dir(tmp_path, pos="0 2\n0 1\n1 2\n", neg="3 0\n4 0\n")
+    (root / "val.txt").write_text("4 3\n3 4\n")
+    assert load_amr_dir(root, validation="none").train_pairs.tolist() == [[0, 2], [0, 1], [1, 2], [0, 4], [1, 3]]
+
+
+def test_val_negative_that_repeats_the_validation_item_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"val.txt, line 2: negative candidate 3 repeats user 1's validation item "
+                                         r"\(1 such candidate in all\); ties count against the validation item"):
+        load_amr_dir(write_val_dir(tmp_path, val="4 3\n3 3\n"))
 
 
 def test_val_negative_that_is_a_training_item_warns(tmp_path):
