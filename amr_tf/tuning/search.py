@@ -99,7 +99,6 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     from amr_tf.evaluation import evaluate
     from amr_tf.training import build_model, fit, set_seed
 
-    kt = _keras_tuner()
     if model not in MODELS:
         raise AmrError(f"--model {model}: the search covers {', '.join(MODELS)}")
     if dataset.validation_candidates is None:
@@ -121,6 +120,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
             raise AmrError(f"{pretrained}: not a VBPR checkpoint (learning rates {base['learning_rates']})")
     elif pretrained:
         raise AmrError(f"--pretrained is for --model AMR (fine-tuning); --model {model} trains from scratch")
+    kt = _keras_tuner()  # after the checks: a bad flag is named even without KerasTuner installed
     out = Path(out)
     validation = (dataset.validation_users, dataset.validation_candidates)
 
