@@ -295,8 +295,9 @@ def _check_sizes(args, ds) -> None:
 PRETRAINED_INHERITED = {"lr": "learning_rates", "regs": "regs", "embed_dim": "embed_dim"}
 
 
-def _pretrained_args(args) -> list[str]:
-    """Adopt the --pretrained checkpoint's K, learning rates and penalties for flags not given."""
+def _pretrained_args(args) -> list[tuple[str, str]]:
+    """Adopt the --pretrained checkpoint's K, learning rates and penalties for flags not given;
+    returns ``(flag, shown)`` for each one adopted."""
     from amr_tf.checkpoints import read_manifest
 
     if not args.pretrained or str(args.pretrained).endswith(".npy"):
@@ -310,7 +311,7 @@ def _pretrained_args(args) -> list[str]:
             continue
         value = _stored_flag(actions[flag], config[key], args.pretrained)  # checked as if typed
         setattr(args, flag, value)
-        adopted.append(f"--{flag} {list(value) if isinstance(value, tuple) else value}")
+        adopted.append((flag, f"--{flag} {list(value) if isinstance(value, tuple) else value}"))
     return adopted
 
 
@@ -358,30 +359,32 @@ def _config(args) -> dict:
 _SHOWN = {"embed_dim": "--emb1_K", "eps": "--epsilon", "adv_weight": "--lmd"}
 
 
-def _recommended_args(args, ds, adopted_from_pretrained=()) -> None:
+def _recommended_args(args, ds) -> set[str]:
     """Apply the dataset's recommended hyper-parameters (``--hparams``) to the flags not given.
 
     Precedence: flags given > the recommendation > a ``--pretrained`` checkpoint's manifest >
     the original release's values; K always follows a ``--pretrained`` checkpoint (the shapes
-    must fit). Prints one line naming what was used and how to get the original's.
+    must fit). Prints one line naming what was used and how to get the original's; returns the
+    flags (destinations) it set.
     """
     from amr_tf.tuning.defaults import recommended_flags
 
     model = "VBPR" if args.model == "AMR" and not args.adv else args.model
     found = recommended_flags(args.hparams, ds, model)
     if found is None:
-        return
+        return set()
     flags, source = found
-    explicit, actions, used = getattr(args, "_explicit", set()), _train_actions(), []
+    explicit, actions, used = getattr(args, "_explicit", set()), _train_actions(), {}
     for key, value in flags.items():
         if key in explicit or (key == "embed_dim" and args.pretrained):
             continue
         value = _stored_flag(actions[key], value, source)  # checked as if typed
         setattr(args, key, value)
-        used.append(f"{_SHOWN.get(key, '--' + key)} {_as_flag_text(value)}")
+        used[key] = f"{_SHOWN.get(key, '--' + key)} {_as_flag_text(value)}"
     if used:
-        print(f"defaults: {source}, tuned on validation: {' '.join(used)} "
+        print(f"defaults: {source}, tuned on validation: {' '.join(used.values())} "
               "(flags given override them; --hparams original for the original release's)")
+    return set(used)
 
 
 def cmd_train(args) -> int:
@@ -408,14 +411,14 @@ def cmd_train(args) -> int:
         else:
             print(f"--resume: no checkpoint in {args.weight_dir} yet; starting from epoch 0")
     elif args.pretrained:
-        adopted = adopted_from_pretrained = _pretrained_args(args)
-        if adopted:
-            print(f"from {args.pretrained}'s manifest: {' '.join(adopted)} (give the flags to override)")
+        adopted_from_pretrained = _pretrained_args(args)
     set_seed(args.seed)
     ds = _dataset(args)
     print(ds.summary())
-    if resume is None:
-        _recommended_args(args, ds, adopted_from_pretrained)
+    recommended = _recommended_args(args, ds) if resume is None else set()
+    adopted = [text for key, text in adopted_from_pretrained if key not in recommended]
+    if adopted:
+        print(f"from {args.pretrained}'s manifest: {' '.join(adopted)} (give the flags to override)")
     _check_sizes(args, ds)
     if args.patience and ds.validation_candidates is None:
         raise AmrError(f"--patience {args.patience}: dataset {ds.name} has no validation split to stop on "
