@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reject cold-start test items as negatives, as the original did (uses test information)")
     t.add_argument("--hparams", default="recommended", type=hparams_spec,
                    help="defaults of the flags not given: recommended = the dataset's hyper-parameters tuned on its "
-                        "validation split (hparams.json beside its card; the original's where it has none), "
+                        "validation split (<dataset directory>.hparams.json; the original's where it has none), "
                         "original = the original release's, or a 'tune' result (best.json)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=cmd_train)

@@ -1,6 +1,6 @@
-"""Issue 13, defaults that train well: a dataset's recommended hyper-parameters (``hparams.json``
-beside its card) are what ``train`` uses for the flags not given; ``--hparams original`` restores the
-original release's values; a resumed run keeps its own.
+"""Issue 13, defaults that train well: a dataset's recommended hyper-parameters
+(``<dataset directory>.hparams.json``) are what ``train`` uses for the flags not given;
+``--hparams original`` restores the original release's values; a resumed run keeps its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from amr_tf.cli import _recommended_args, _train_actions, build_parser, main
 from amr_tf.data import resolve_dataset
 from amr_tf.models import registry
-from amr_tf.tuning.defaults import FILE, recommended_flags
+from amr_tf.tuning.defaults import card_path, recommended_flags
 from tests.test_selection import _write
 
 CARD = {"selection": "val_NDCG@10",
@@ -23,7 +23,7 @@ CARD = {"selection": "val_NDCG@10",
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = _write(tmp_path_factory.mktemp("defaults") / "tiny")
-    (root / FILE).write_text(json.dumps(CARD))
+    card_path(root).write_text(json.dumps(CARD))
     return root
 
 
@@ -75,11 +75,11 @@ def test_amr_takes_its_entry_and_keeps_a_pretrained_k(data):
 
 def test_bad_card_values_are_one_error(tmp_path, capsys):
     root = _write(tmp_path / "tiny")
-    (root / FILE).write_text(json.dumps({"models": {"VBPR": {"flags": {"lr": [1, -2, 3]}}}}))
+    card_path(root).write_text(json.dumps({"models": {"VBPR": {"flags": {"lr": [1, -2, 3]}}}}))
     assert main(["train", "--dataset", str(root), "--model", "VBPR", "--weight_dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and FILE in err[0] and "--lr" in err[0]
-    (root / FILE).write_text(json.dumps({"models": {"VBPR": {"flags": {"learning_rate": 1}}}}))
+    assert len(err) == 1 and err[0].startswith("error: ") and card_path(root).name in err[0] and "--lr" in err[0]
+    card_path(root).write_text(json.dumps({"models": {"VBPR": {"flags": {"learning_rate": 1}}}}))
     assert main(["train", "--dataset", str(root), "--model", "VBPR", "--weight_dir", str(tmp_path / "r")]) == 2
     assert "unknown hyper-parameter(s) learning_rate" in capsys.readouterr().err
 
@@ -91,11 +91,11 @@ def test_train_uses_the_card_and_resume_keeps_the_run_s_values(data, tmp_path):
     assert main(common) == 0
     first = json.loads((run / "metrics.json").read_text())
     assert first["epochs"] == 1 and first["config"]["lr"] == CARD["models"]["VBPR"]["flags"]["lr"]
-    (data / FILE).write_text(json.dumps({"models": {"VBPR": {"flags": {"lr": [0.5, 0.5, 0.5], "epoch": 1}}}}))
+    card_path(data).write_text(json.dumps({"models": {"VBPR": {"flags": {"lr": [0.5, 0.5, 0.5], "epoch": 1}}}}))
     try:  # a changed card does not change a run being resumed
         assert main(common + ["--resume", "--epoch", "2"]) == 0
     finally:
-        (data / FILE).write_text(json.dumps(CARD))
+        card_path(data).write_text(json.dumps(CARD))
     second = json.loads((run / "metrics.json").read_text())
     assert second["epochs"] == 2 and second["config"]["lr"] == CARD["models"]["VBPR"]["flags"]["lr"]
 

@@ -1,4 +1,9 @@
-"""A dataset's recommended hyper-parameters: ``hparams.json`` beside its dataset card.
+"""A dataset's recommended hyper-parameters: ``<dataset directory>.hparams.json``, beside its folder.
+
+Beside the folder rather than in it: the folder (pos.txt, val.txt, neg.txt, features and the
+generated card) is exactly what the dataset builder writes, byte for byte, and a builder refuses
+to replace a folder holding files it does not write. For the embedded dataset the file is
+``amr_tf/datasets/data/movielens_posters.hparams.json``.
 
 Written from ``python -m amr_tf tune`` searches on the dataset's validation split (its
 ``best.json`` ``train_flags``), one entry per model::
@@ -22,7 +27,14 @@ from pathlib import Path
 from amr_tf.errors import AmrError
 from amr_tf.safe_io import read_json
 
-FILE = "hparams.json"
+SUFFIX = ".hparams.json"
+
+
+def card_path(dataset_dir) -> Path:
+    """Where the recommended hyper-parameters of the dataset in ``dataset_dir`` are kept."""
+    dataset_dir = Path(dataset_dir)
+    return dataset_dir.parent / f"{dataset_dir.name}{SUFFIX}"
+
 # The train flags (by destination) a recommendation may set.
 FLAGS = ("lr", "regs", "embed_dim", "epoch", "eps", "adv_weight", "batch_size")
 CHOICES = ("recommended", "original")
@@ -40,7 +52,7 @@ def hparams_spec(text: str) -> str:
 def recommended_flags(spec: str, dataset, model: str) -> tuple[dict, str] | None:
     """``(flags, source)``: what ``spec`` recommends for ``model`` on ``dataset``, or ``None``.
 
-    ``recommended``: the dataset directory's ``hparams.json`` entry for ``model`` (``None`` when
+    ``recommended``: the dataset's :func:`card_path` entry for ``model`` (``None`` when
     the dataset has no such file or entry); ``original``: ``None``; a ``.json`` path: a tune
     result's ``train_flags`` (refused when it is for another model).
     """
@@ -55,7 +67,7 @@ def recommended_flags(spec: str, dataset, model: str) -> tuple[dict, str] | None
         return _picked(result["train_flags"], spec), spec
     if not getattr(dataset, "path", None):
         return None
-    path = Path(dataset.path) / FILE
+    path = card_path(dataset.path)
     if not path.is_file():
         return None
     card = read_json(path, "recommended hyper-parameters file")
@@ -64,7 +76,7 @@ def recommended_flags(spec: str, dataset, model: str) -> tuple[dict, str] | None
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("flags"), dict):
         raise AmrError(f"{path}: the entry for {model} has no 'flags' object")
-    return _picked(entry["flags"], path), f"{dataset.name}'s recommended {model} hyper-parameters ({FILE})"
+    return _picked(entry["flags"], path), f"{dataset.name}'s recommended {model} hyper-parameters ({path.name})"
 
 
 def _picked(flags: dict, where) -> dict:
