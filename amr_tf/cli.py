@@ -364,12 +364,17 @@ def _recommended_args(args, ds) -> set[str]:
 
     Precedence: flags given > the recommendation > a ``--pretrained`` checkpoint's manifest >
     the original release's values; K always follows a ``--pretrained`` checkpoint (the shapes
-    must fit). Prints one line naming what was used and how to get the original's; returns the
+    must fit). AMR's entry is for fine-tuning a ``--pretrained`` checkpoint; without one, AMR
+    takes VBPR's. Prints one line naming what was used and how to get the original's; returns the
     flags (destinations) it set.
     """
     from amr_tf.tuning.defaults import recommended_flags
 
-    model = "VBPR" if args.model == "AMR" and not args.adv else args.model
+    model = args.model
+    if model == "AMR" and not (args.adv and args.pretrained):
+        # The AMR entry is for fine-tuning a --pretrained VBPR (what the search tuned); from scratch
+        # (or as plain VBPR, --adv false) AMR trains with VBPR's recommendation and its own eps, lambda.
+        model = "VBPR"
     found = recommended_flags(args.hparams, ds, model)
     if found is None:
         return set()

@@ -64,13 +64,21 @@ def test_hparams_original_restores_the_original_release(data, capsys):
     assert registry.lookup("VBPR").defaults["learning_rates"] == (0.01, 1e-4, 1e-3)
 
 
-def test_amr_takes_its_entry_and_keeps_a_pretrained_k(data):
-    args = _args("--dataset", str(data))  # --model AMR
-    _recommended_args(args, resolve_dataset(str(data)))
-    assert (args.eps, args.adv_weight, args.epoch, args.lr) == (0.3, 2.0, 1, None)
-    plain = _args("--dataset", str(data), "--adv", "false")  # the original's way to train plain VBPR
-    _recommended_args(plain, resolve_dataset(str(data)))
-    assert plain.embed_dim == 8
+def test_amr_fine_tuning_takes_its_entry_and_from_scratch_vbpr_s(data, tmp_path):
+    ds = resolve_dataset(str(data))
+    ck = tmp_path / "v"
+    assert main(["train", "--dataset", str(data), "--model", "VBPR", "--emb1_K", "4", "--epoch", "0",
+                 "--weight_dir", str(ck), "--quiet"]) == 0
+    args = _args("--dataset", str(data), "--pretrained", str(ck / "last"))  # --model AMR, fine-tuning
+    args.embed_dim = 4  # as adopted from the checkpoint's manifest
+    _recommended_args(args, ds)
+    assert (args.eps, args.adv_weight, args.epoch, args.lr, args.embed_dim) == (0.3, 2.0, 1, None, 4)
+    scratch = _args("--dataset", str(data))  # AMR from scratch: VBPR's entry, AMR's own eps and lambda
+    _recommended_args(scratch, ds)
+    assert (scratch.embed_dim, list(scratch.lr), scratch.eps, scratch.adv_weight) == (8, [0.2, 0.2, 0.02], 0.1, 1.0)
+    plain = _args("--dataset", str(data), "--adv", "false", "--pretrained", str(ck / "last"))  # plain VBPR
+    _recommended_args(plain, ds)
+    assert list(plain.lr) == [0.2, 0.2, 0.02] and plain.eps == 0.1
 
 
 def test_bad_card_values_are_one_error(tmp_path, capsys):
