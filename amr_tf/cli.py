@@ -352,7 +352,14 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
 
 
 def _config(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv", "verbose_tf")}
+    """The arguments as result files record them; a shipped checkpoint given by name (``--pretrained``)
+    is recorded by its package-relative path, not this machine's."""
+    from amr_tf.checkpoints.provenance import portable_path
+
+    config = {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv", "verbose_tf")}
+    if config.get("pretrained"):
+        config["pretrained"] = portable_path(config["pretrained"])
+    return config
 
 
 # Flag destination -> how the one-line notice shows it (the original's names).
