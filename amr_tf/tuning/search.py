@@ -83,7 +83,7 @@ def flags_text(flags: dict) -> str:
 
 def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: float | None = None,
                max_epochs: int = 30, patience: int = 5, seed: int = 0, batch_size: int = 512,
-               pretrained=None, exclude_cold_start: bool = True, protocol: str = "sampled",
+               pretrained=None, exclude_cold_start: bool | str = "auto", protocol: str = "sampled",
                command: str | None = None, print_fn=print, verbose: int = 1) -> dict:
     """Search ``model``'s hyper-parameters on ``dataset``'s validation split; write and return ``best.json``.
 
@@ -120,6 +120,9 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
             raise AmrError(f"{pretrained}: not a VBPR checkpoint (learning rates {base['learning_rates']})")
     elif pretrained:
         raise AmrError(f"--pretrained is for --model AMR (fine-tuning); --model {model} trains from scratch")
+    from amr_tf.data.sampling import resolve_cold_start_rule
+
+    exclude_cold_start = resolve_cold_start_rule(exclude_cold_start, dataset)  # best.json records the rule used
     kt = _keras_tuner()  # after the checks: a bad flag is named even without KerasTuner installed
     out = Path(out)
     validation = (dataset.validation_users, dataset.validation_candidates)
