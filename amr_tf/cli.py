@@ -1,4 +1,4 @@
-"""Command line: ``python -m amr_tf {train,evaluate,convert-original,features}``.
+"""Command line: ``python -m amr_tf {train,tune,evaluate,convert-original,features}``.
 
 ``train`` accepts the original release's flag names (``--lr '[0.01,1e-4,1e-3]'`` etc.). Problems
 with the input are reported as one ``error:`` line and a non-zero exit status, never a traceback.
@@ -34,6 +34,7 @@ from amr_tf.flags import (  # noqa: F401 - the flag types, re-exported for calle
     seed_int,
 )
 from amr_tf.models import registry
+from amr_tf.tuning.defaults import hparams_spec
 
 # Flags that define what is trained: on --resume they default to the checkpoint's values, and
 # giving one explicitly with another value is an error (the continuation would not be the same run).
@@ -114,8 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "the original did (reads the test split); train = items with no training pair; off; auto "
                         "(default) = original under --validation none, train with a validation split. "
                         "true/false = original/off")
+    t.add_argument("--hparams", default="recommended", type=hparams_spec,
+                   help="defaults of the flags not given: recommended = the dataset's hyper-parameters tuned on its "
+                        "validation split (<dataset directory>.hparams.json; the original's where it has none), "
+                        "original = the original release's, or a 'tune' result (best.json)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=cmd_train)
+
+    u = sub.add_parser("tune", help="search hyper-parameters on the validation split (KerasTuner; every trial in "
+                                    "TensorBoard's HParams dashboard; best.json)")
+    add_dataset_flags(u)
+    u.add_argument("--model", default="VBPR", type=registry.canonical_name, choices=("VBPR", "MFBPR", "AMR"),
+                   help="VBPR/MFBPR: learning rates, penalties, K (and epochs, by the best validation epoch); "
+                        "AMR: epsilon, lambda and the fine-tuning learning rate from --pretrained")
+    u.add_argument("--max-trials", "--max_trials", dest="max_trials", type=positive_int, default=10,
+                   help="at most this many trials (default 10)")
+    u.add_argument("--budget-seconds", "--budget_seconds", dest="budget_seconds", type=number(float, 0.0, True),
+                   default=None, help="start no trial after this many seconds (a running trial finishes)")
+    u.add_argument("--max-epochs", "--max_epochs", dest="max_epochs", type=positive_int, default=30,
+                   help="epochs per trial at most; a trial's epochs are its best validation epoch (default 30)")
+    u.add_argument("--patience", type=non_negative_int, default=5,
+                   help="stop a trial after N epochs without improvement of val_NDCG@10 (0: never; default 5)")
+    u.add_argument("--batch_size", type=positive_int, default=512)
+    u.add_argument("--pretrained", default=None, type=pretrained.resolve,
+                   help="--model AMR: the VBPR checkpoint every trial fine-tunes (its K and penalties are kept)")
+    u.add_argument("--seed", type=seed_int, default=0, help="seeds the search and every trial")
+    u.add_argument("--cold_start_rule", type=cold_start_rule, default="auto",
+                   help="as train's: which items are never sampled as negatives (default auto)")
+    u.add_argument("--out", default=None, help="output directory (default runs/tune-<dataset>-<model>-<time>)")
+    u.add_argument("--overwrite", action="store_true",
+                   help="move an existing --out aside to a timestamped sibling and start afresh")
+    u.set_defaults(handler=cmd_tune)
 
     e = sub.add_parser("evaluate", help="evaluate a saved checkpoint (or Popularity) on a dataset")
     add_dataset_flags(e)
@@ -269,8 +299,9 @@ def _check_sizes(args, ds) -> None:
 PRETRAINED_INHERITED = {"lr": "learning_rates", "regs": "regs", "embed_dim": "embed_dim"}
 
 
-def _pretrained_args(args) -> list[str]:
-    """Adopt the --pretrained checkpoint's K, learning rates and penalties for flags not given."""
+def _pretrained_args(args) -> list[tuple[str, str]]:
+    """Adopt the --pretrained checkpoint's K, learning rates and penalties for flags not given;
+    returns ``(flag, shown)`` for each one adopted."""
     from amr_tf.checkpoints import read_manifest
 
     if not args.pretrained or str(args.pretrained).endswith(".npy"):
@@ -284,7 +315,7 @@ def _pretrained_args(args) -> list[str]:
             continue
         value = _stored_flag(actions[flag], config[key], args.pretrained)  # checked as if typed
         setattr(args, flag, value)
-        adopted.append(f"--{flag} {list(value) if isinstance(value, tuple) else value}")
+        adopted.append((flag, f"--{flag} {list(value) if isinstance(value, tuple) else value}"))
     return adopted
 
 
@@ -294,6 +325,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
     resumes, then this process's), also while training (``"complete": false``) so that a kill
     loses none of it."""
     from amr_tf.checkpoints import provenance
+    from amr_tf.checkpoints.provenance import portable_record
     from amr_tf.io import atomic_write_text
 
     best = evaluator.best if math.isfinite(evaluator.best) else None
@@ -301,7 +333,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
     summary = {
         "complete": complete,
         "model": name,
-        "dataset": ds.record(),
+        "dataset": portable_record(ds.record()),
         "epochs": epochs_done,
         "resumed_from_epoch": resumed_from,
         "train_seconds": round(seconds, 2),
@@ -324,7 +356,51 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
 
 
 def _config(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv", "verbose_tf")}
+    """The arguments as result files record them; a shipped checkpoint given by name (``--pretrained``)
+    is recorded by its package-relative path, not this machine's."""
+    from amr_tf.checkpoints.provenance import portable_path
+
+    config = {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv", "verbose_tf")}
+    if config.get("pretrained"):
+        config["pretrained"] = portable_path(config["pretrained"])
+    return config
+
+
+# Flag destination -> how the one-line notice shows it (the original's names).
+_SHOWN = {"embed_dim": "--emb1_K", "eps": "--epsilon", "adv_weight": "--lmd"}
+
+
+def _recommended_args(args, ds) -> set[str]:
+    """Apply the dataset's recommended hyper-parameters (``--hparams``) to the flags not given.
+
+    Precedence: flags given > the recommendation > a ``--pretrained`` checkpoint's manifest >
+    the original release's values; K always follows a ``--pretrained`` checkpoint (the shapes
+    must fit). AMR's entry is for fine-tuning a ``--pretrained`` checkpoint; without one, AMR
+    takes VBPR's. Prints one line naming what was used and how to get the original's; returns the
+    flags (destinations) it set.
+    """
+    from amr_tf.tuning.defaults import recommended_flags
+
+    model = args.model
+    if model == "AMR" and not (args.adv and args.pretrained):
+        # The AMR entry is for fine-tuning a --pretrained VBPR (what the search tuned); from scratch
+        # (or as plain VBPR, --adv false) AMR trains with VBPR's recommendation and its own eps, lambda.
+        model = "VBPR"
+    found = recommended_flags(args.hparams, ds, model)
+    if found is None:
+        return set()
+    flags, source = found
+    explicit, actions, used = getattr(args, "_explicit", set()), _train_actions(), {}
+    for key, value in flags.items():
+        if key in explicit or (key == "embed_dim" and args.pretrained):
+            continue
+        value = _stored_flag(actions[key], value, source)  # checked as if typed
+        setattr(args, key, value)
+        used[key] = f"{_SHOWN.get(key, '--' + key)} {_as_flag_text(value)}"
+    if used:
+        print(f"defaults: {source}, tuned on validation: {' '.join(used.values())} "
+              "(flags given override them; --hparams original for the original release's)")
+    return set(used)
 
 
 def cmd_train(args) -> int:
@@ -340,7 +416,7 @@ def cmd_train(args) -> int:
         value = getattr(args, flag)
         if value and (Path(value).exists() or Path(value).is_symlink()) and not Path(value).is_dir():
             raise AmrError(f"{value}: --{flag} is not a directory (a file is in the way)")
-    resume, initial_epoch = None, 0
+    resume, initial_epoch, adopted_from_pretrained = None, 0, []
     if args.resume:
         if not args.weight_dir:
             raise AmrError("--resume needs --weight_dir: the directory of the run to continue")
@@ -351,12 +427,14 @@ def cmd_train(args) -> int:
         else:
             print(f"--resume: no checkpoint in {args.weight_dir} yet; starting from epoch 0")
     elif args.pretrained:
-        adopted = _pretrained_args(args)
-        if adopted:
-            print(f"from {args.pretrained}'s manifest: {' '.join(adopted)} (give the flags to override)")
+        adopted_from_pretrained = _pretrained_args(args)
     set_seed(args.seed)
     ds = _dataset(args)
     print(ds.summary())
+    recommended = _recommended_args(args, ds) if resume is None else set()
+    adopted = [text for key, text in adopted_from_pretrained if key not in recommended]
+    if adopted:
+        print(f"from {args.pretrained}'s manifest: {' '.join(adopted)} (give the flags to override)")
     _check_sizes(args, ds)
     from amr_tf.data.sampling import resolve_cold_start_rule
 
@@ -504,6 +582,34 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     print(f"test metrics; {evaluator.selection} chose epoch {evaluator.best_epoch}"
           + (f"; {evaluator.stopped.get('reason')}" if evaluator.stopped else ""))
     print_table(rows)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Search on the validation split (:mod:`amr_tf.tuning.search`) and write ``best.json``."""
+    from amr_tf.run_dir import move_aside
+    from amr_tf.training import set_seed
+    from amr_tf.tuning.search import run_search
+
+    if args.validation == "none":
+        raise AmrError("--validation none: the search selects on a validation split; use --validation auto "
+                       "(the dataset's val.txt) or holdout")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    set_seed(args.seed)
+    ds = _dataset(args)
+    out = Path(args.out or f"runs/tune-{ds.name}-{args.model.lower()}-{stamp}")
+    if out.exists() and not out.is_dir():
+        raise AmrError(f"{out}: --out is not a directory (a file is in the way)")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise AmrError(f"{out}: already holds files; choose another --out or pass --overwrite to move it aside")
+        print(f"--overwrite: moved the previous contents of {out} to {move_aside(out, stamp)}")
+    print(ds.summary())
+    command = " ".join(["python -m amr_tf"] + list(getattr(args, "_argv", sys.argv[1:])))
+    run_search(ds, args.model, out, max_trials=args.max_trials, budget_seconds=args.budget_seconds,
+               max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, batch_size=args.batch_size,
+               pretrained=args.pretrained, exclude_cold_start=args.cold_start_rule, protocol=args.protocol,
+               command=command)
     return 0
 
 

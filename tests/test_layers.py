@@ -26,7 +26,7 @@ LAYERS = {
     "amr_tf.attacks": 5, "amr_tf.checkpoints": 5,
     "amr_tf.callbacks": 6, "amr_tf.pretrained": 6, "amr_tf.run_record": 6,
     "amr_tf.training": 7,
-    "amr_tf.cli": 8, "amr_tf.__main__": 8,
+    "amr_tf.cli": 8, "amr_tf.__main__": 8, "amr_tf.tuning": 8,
 }
 # ``amr_tf.datasets``' __init__ holds only the embedded data's folder (which the loader's registry names).
 FACADES = {"amr_tf", "amr_tf.models", "amr_tf.attacks", "amr_tf.data", "amr_tf.datasets", "amr_tf.vision"}

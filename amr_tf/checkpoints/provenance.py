@@ -50,3 +50,23 @@ def provenance() -> dict:
     """Versions and git commit (with whether the tree had uncommitted changes), recorded in every
     manifest and result file. Computed once per process."""
     return dict(_provenance())
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent  # the amr_tf package directory
+
+
+def portable_path(path) -> str:
+    """``path`` as result files record it: inside the installed package, relative to its parent
+    (``amr_tf/datasets/data/...``), so that a shipped manifest names no machine's directories;
+    anything else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(_PACKAGE.parent))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def portable_record(record: dict | None) -> dict | None:
+    """A dataset's ``record()`` with its ``path`` made :func:`portable_path`."""
+    if not record or record.get("path") is None:
+        return record
+    return {**record, "path": portable_path(record["path"])}
