@@ -373,7 +373,7 @@ def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | No
         if mmap:
             if fortran and len(shape) > 1:
                 raise _fail(error, f"{path}: stored in Fortran (column) order, which cannot be read by rows; "
-                                   "re-save it with np.save(path, np.ascontiguousarray(array))")
+                                   "re-save it in C (row) order, e.g. from numpy.ascontiguousarray(array)")
             if expected == 0:  # mmap cannot map zero bytes
                 return np.zeros(shape, dtype)
             # Mapped from the descriptor that was checked (a regular file), not by reopening the path.

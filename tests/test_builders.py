@@ -153,7 +153,7 @@ def test_amazon_tiny_case_exact(amazon_files, tmp_path):
     assert sha256_file(reviews) in card and "| training density | 0.400000 |" in card
     ds = load_amr_dir(out, cnn="amazon")
     assert ds.validation == "val.txt" and ds.validation_candidates.tolist() == [[2, 4], [2, 3], [1, 3]]
-    np.testing.assert_allclose(ds.features.max(), 1.0)  # global-max scaling happens at load
+    np.testing.assert_allclose(np.asarray(ds.features).max(), 1.0)  # global-max scaling happens at load
 
 
 @pytest.mark.parametrize("style,gz", [("json", False), ("literal", True), ("literal", False), ("json", True)])
