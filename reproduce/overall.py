@@ -142,7 +142,7 @@ def run(ctx) -> dict:
                                       f"{min(epochs)}–{max(epochs)}")
         body.append([r["model"], str(r["n"]), r["budget"], sel, common.fmt(r["val_NDCG@10_mean"])]
                     + [common.fmt_ms(r[f"{m}_mean"], r[f"{m}_std"]) for m in metric_cols]
-                    + [f"{r['train_seconds_mean']:.0f}"])
+                    + [f"{r['train_seconds_mean']:.1f}"])
     text = [f"# {TITLE}\n", common.settings_line(ctx) + "\n",
             "Test metrics, mean ± standard deviation over seeds (n = number of runs; Popularity and the "
             "pretrained VBPR are deterministic). *budget*: epochs the run could train (MF-BPR and DUIF get "
