@@ -29,6 +29,7 @@ PANELS = ("NDCG@10", "HR@10")
 
 def figure(ctx, agg):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, metric, letter in zip(axes, PANELS, "ab"):
@@ -41,6 +42,7 @@ def figure(ctx, agg):
             ax.fill_between(x, y - sd, y + sd, color=COLORS[model], alpha=0.15, lw=0)
         ax.set_title(f"({letter}) {ctx.dataset.name}-{metric.split('@')[0]}")
         ax.set_xlabel("Epoch#")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
