@@ -34,13 +34,11 @@ SCRATCH = ("MF-eALS", "MF-BPR", "DUIF")
 
 def collect(ctx) -> dict[str, list]:
     seeds = ctx.settings.seeds
-    groups = {"Popularity": [ctx.runs.popularity()]}
+    groups = {"Popularity": [ctx.runs.popularity()], "VBPR (pretrained)": [ctx.runs.pretrained()],
+              "VBPR": [ctx.runs.finetuned("VBPR", s) for s in seeds], "AMR": [ctx.runs.finetuned("AMR", s) for s in seeds]}
     for label in SCRATCH:
         groups[label] = [ctx.runs.scratch(label, s) for s in seeds]
-    groups["VBPR (pretrained)"] = [ctx.runs.pretrained()]
-    groups["VBPR"] = [ctx.runs.finetuned("VBPR", s) for s in seeds]
-    groups["AMR"] = [ctx.runs.finetuned("AMR", s) for s in seeds]
-    return groups
+    return {model: groups[model] for model in MODELS}
 
 
 def figure(ctx, agg):
