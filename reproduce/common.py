@@ -411,7 +411,8 @@ class RunStore:
         if info["source"] == "trained here":
             return self.settings.pretrain_epochs
         excerpt = info.get("manifest_excerpt") or {}
-        epochs = (excerpt.get("run") or {}).get("epochs") or (excerpt.get("args") or {}).get("epoch")
+        epochs = ((excerpt.get("run") or {}).get("epochs") or (excerpt.get("args") or {}).get("epoch")
+                  or (excerpt.get("params") or {}).get("epochs"))  # a CLI run's record, or a reproduce cache entry
         return int(epochs) if isinstance(epochs, int) else None
 
     def scratch_epochs(self) -> int:
@@ -617,7 +618,7 @@ def resolve_pretrained(spec: str | None, dataset, log=print) -> dict:
         raise AmrError(f"{spec}: pretrained on dataset {manifest['dataset'].get('name')!r} ({fp[:12]}...), "
                        f"not on {dataset.name!r} ({dataset.fingerprint[:12]}...); pass --pretrained none to train one")
     excerpt = {k: manifest[k] for k in ("model", "config", "dataset", "epoch", "metrics", "command", "args",
-                                        "provenance") if k in manifest}
+                                        "provenance", "params", "selected_epoch") if k in manifest}
     train_seconds = manifest.get("train_seconds")
     run_json = path.with_name(path.name + ".run.json")  # the CLI's metrics.json, kept beside it
     if train_seconds is None and run_json.exists():
