@@ -286,21 +286,26 @@ def _set_weights(model, arrays: dict) -> None:
             target[...] = value
 
 
-def _keep_best(evaluator, model):
-    """A callback that snapshots the weights whenever ``evaluator`` records a new best (validation) score.
+def _keep_best(evaluator, model, min_epoch: int = 0):
+    """A callback that snapshots the weights at the best validation evaluation from ``min_epoch`` on.
 
-    Returns ``(callback, snapshot)``; ``snapshot["weights"]`` holds the best evaluation's weights
-    (the ones at epoch 0 until an evaluation during training beats them).
+    Returns ``(callback, snapshot)``; ``snapshot["epoch"]``/``["weights"]`` are the best evaluation's
+    (by ``val_NDCG@10``, the first on ties) among those at epoch ``min_epoch`` or later; with
+    ``min_epoch = 0`` the evaluation before training (recorded by the caller) is a candidate.
     """
     import keras
 
-    snapshot = {"epoch": evaluator.best_epoch, "weights": model.weight_arrays()}
+    snapshot = {"epoch": None, "weights": None, "score": -math.inf}
 
-    def on_epoch_end(epoch, logs=None):
-        if evaluator.best_epoch == epoch + 1 and snapshot["epoch"] != epoch + 1:
-            snapshot["epoch"], snapshot["weights"] = epoch + 1, model.weight_arrays()
+    def consider(epoch):
+        record = evaluator.history[-1] if evaluator.history else None
+        if record is None or record["epoch"] != epoch or epoch < min_epoch or "val_NDCG@10" not in record:
+            return
+        if record["val_NDCG@10"] > snapshot["score"]:
+            snapshot.update(epoch=epoch, weights=model.weight_arrays(), score=record["val_NDCG@10"])
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end), snapshot
+    consider(0)
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs=None: consider(epoch + 1)), snapshot
 
 
 class RunStore:
@@ -332,7 +337,7 @@ class RunStore:
     # -- generic training with cache
 
     def _train(self, label, model_name, seed, epochs, init_path=None, init_hash=None, eps=None, adv_weight=None,
-               model_params=None, learning_rates=None, regs=None, extra=None) -> Run:
+               model_params=None, learning_rates=None, regs=None, extra=None, min_epoch: int = 0) -> Run:
         from amr_tf.callbacks import EvaluationCallback
         from amr_tf.checkpoints import load_checkpoint, load_pretrained, read_manifest, save_checkpoint
         from amr_tf.training import build_model, fit, set_seed
@@ -348,6 +353,8 @@ class RunStore:
             "eval_every": s.eval_every, "protocol": s.protocol, "dataset": self.dataset.fingerprint,
             "selection": self.selection_rule, **extra,
         }
+        if min_epoch:  # only then in the key: the runs selected from epoch 0 on keep their cache entries
+            params["min_epoch"] = int(min_epoch)
         key = f"{label.lower().replace(' ', '-').replace('(', '').replace(')', '')}-s{seed}-{digest(params)}"
         if key in self.memory:
             run = self.memory[key]
@@ -375,7 +382,7 @@ class RunStore:
         evaluator = EvaluationCallback(self.dataset, every=s.eval_every, ks=KS, protocol=s.protocol, print_fn=None)
         evaluator.set_model(model)
         evaluator.evaluate_now(0)
-        keeper, best = _keep_best(evaluator, model)
+        keeper, best = _keep_best(evaluator, model, min_epoch=min_epoch if self.validated else 0)
         self.log(f"training {label} seed {seed}: {epochs} epochs"
                  + (f" (eps={eps}, lambda={adv_weight})" if model_name == "AMR" else "")
                  + (f" {extra}" if extra else ""))
@@ -386,8 +393,8 @@ class RunStore:
         seconds = time.perf_counter() - started
         last = evaluator.history[-1]
         selected = int(last["epoch"])
-        if self.validated and best["epoch"] != selected:  # the weights of the epoch chosen on validation
-            _set_weights(model, best["weights"])
+        if self.validated and best["epoch"] is not None and best["epoch"] != selected:
+            _set_weights(model, best["weights"])  # the weights of the epoch chosen on validation
             selected = int(best["epoch"])
         chosen = next(h for h in evaluator.history if h["epoch"] == selected)
         self.log(f"  done in {seconds:.1f} s; {self.selection_rule} chose epoch {selected}: "
@@ -463,7 +470,10 @@ class RunStore:
 
         Both start from the pretrained weights with fresh Adagrad accumulators (the original's
         ``--pretrain``) and see the same triplets for the same seed, so they pair up by seed;
-        each keeps the epoch chosen on validation within the same ``finetune_epochs`` budget.
+        each keeps the epoch chosen on validation within the same ``finetune_epochs`` budget, among
+        the fine-tuned epochs (from the first evaluation after epoch 0 on): epoch 0 is the
+        pretrained VBPR itself, its own row, and a "fine-tuned" model that was not fine-tuned would
+        make the AMR-vs-VBPR comparison compare the starting point with itself.
         """
         self.pretrained()
         s = self.settings
@@ -479,7 +489,8 @@ class RunStore:
         else:
             raise AmrError(f"finetuned() takes AMR or VBPR, got {model_name!r}")
         return self._train(label, model_name, seed, s.finetune_epochs, init_path=self.pretrained_info["path"],
-                           init_hash=self.pretrained_info["hash"], eps=eps, adv_weight=adv_weight)
+                           init_hash=self.pretrained_info["hash"], eps=eps, adv_weight=adv_weight,
+                           min_epoch=1 if s.finetune_epochs > 0 else 0)
 
     # -- models trained from scratch, with settings chosen on validation
 
