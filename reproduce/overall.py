@@ -146,7 +146,7 @@ def run(ctx) -> dict:
             "pretrained VBPR are deterministic). *budget*: epochs the run could train (MF-BPR and DUIF get "
             "VBPR's whole budget, pretraining plus fine-tuning; VBPR and AMR fine-tune for the same epochs from "
             "the same pretrained model); *selected epoch*: the epoch chosen on validation NDCG@10 (range over "
-            "seeds); *val NDCG@10*: the selection score; *train s*: mean seconds of one run's own training "
+            "seeds; for VBPR and AMR among the fine-tuned epochs, epoch 0 being the pretrained row); *val NDCG@10*: the selection score; *train s*: mean seconds of one run's own training "
             "(the pretrained VBPR's time is not added to the fine-tuning runs; for a given checkpoint it is "
             "what its record says; MF-eALS's epochs are closed-form ALS sweeps, not SGD epochs).\n",
             common.md_table(["model", "n", "budget", "selected epoch", "val NDCG@10"] + metric_cols + ["train s"],
