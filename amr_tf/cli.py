@@ -23,6 +23,7 @@ from amr_tf.errors import AmrError
 
 from amr_tf.flags import (  # noqa: F401 - the flag types, re-exported for callers of the old place
     LEGACY_ARG_NAMES,
+    cold_start_rule,
     float_list,
     modern_arg_names,
     non_negative_float,
@@ -113,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save_every", type=non_negative_int, default=1,
                    help="also write the 'last' checkpoint every N epochs between evaluations, to resume "
                         "from (0: only when evaluating; default 1)")
-    t.add_argument("--cold_start_rule", type=parse_bool, default=True,
-                   help="reject cold-start test items as negatives, as the original did (uses test information)")
+    t.add_argument("--cold_start_rule", type=cold_start_rule, default="auto",
+                   help="items never sampled as negatives: original = test positives with no training pair, as "
+                        "the original did (reads the test split); train = items with no training pair; off; auto "
+                        "(default) = original under --validation none, train with a validation split. "
+                        "true/false = original/off")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=cmd_train)
 
@@ -359,6 +363,9 @@ def cmd_train(args) -> int:
     ds = _dataset(args)
     print(ds.summary())
     _check_sizes(args, ds)
+    from amr_tf.data.sampling import resolve_cold_start_rule
+
+    args.cold_start_rule = resolve_cold_start_rule(args.cold_start_rule, ds)  # the manifest records the rule used
     if args.patience and ds.validation_candidates is None:
         raise AmrError(f"--patience {args.patience}: dataset {ds.name} has no validation split to stop on "
                        "(early stopping never reads the test items); add --validation holdout (one seeded "

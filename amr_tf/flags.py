@@ -23,6 +23,23 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+#: ``--cold_start_rule`` values; see :func:`amr_tf.data.sampling.resolve_cold_start_rule`.
+COLD_START_RULES = ("auto", "original", "train", "off")
+
+
+def cold_start_rule(text: str) -> str:
+    """``--cold_start_rule``: ``auto``, ``original``, ``train`` or ``off``; ``true``/``false`` (what
+    runs before these names recorded) mean ``original``/``off``."""
+    word = str(text).strip().lower()
+    if word in COLD_START_RULES:
+        return word
+    try:
+        return "original" if parse_bool(word) else "off"
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(COLD_START_RULES)} (or true/false), got {text!r}") from None
+
+
 def float_list(length: int, minimum: float = 0.0, strict: bool = False):
     """Parse ``'[0.01,1e-4,1e-3]'`` (brackets optional) into ``length`` floats without ``eval``."""
 

@@ -59,12 +59,13 @@ def build_model(name: str, dataset, seed=None, compile=True, **hyper_parameters)
 
 
 def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initial_epoch: int = 0,
-        callbacks=(), verbose="auto", exclude_cold_start: bool = True, validation_data=None,
+        callbacks=(), verbose="auto", exclude_cold_start: bool | str = "auto", validation_data=None,
         validation_freq: int = 1):
     """Train with BPR triplets sampled afresh each epoch (``TripletSampler``) through ``model.fit``.
 
     Epoch ``e``'s triplets depend only on ``(seed, e)``, so ``initial_epoch`` resumes exactly.
     A NaN or infinite loss raises ``TrainingDivergedError`` at the end of that epoch.
+    ``exclude_cold_start``: the cold-start rule (:func:`amr_tf.data.sampling.resolve_cold_start_rule`).
     ``validation_data`` -- a ``(users, candidates)`` pair of arrays (the positive in column 0) or
     a dataset from :func:`amr_tf.metrics.candidate_dataset` -- is evaluated every
     ``validation_freq`` epochs by the model's ``test_step``: ``val_HR@10``, ``val_NDCG@10``, ...

@@ -322,6 +322,30 @@ def test_interactions_feature_file_checks(tmp_path):
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
 
 
+def test_interactions_feature_file_is_opened_once_through_the_safe_reader(tmp_path, monkeypatch):
+    """The .npy is opened once (header, then the kept rows); --item-ids and a truncated or
+    directory input give one DataError naming the file."""
+    from amr_tf.datasets import interactions
+
+    log = write_log(tmp_path / "log.csv", ",")
+    feats, ids = write_features(tmp_path)
+    opened = []
+    real = interactions.open_input
+    monkeypatch.setattr(interactions, "open_input", lambda path, *a, **k: opened.append(Path(path)) or real(path, *a, **k))
+    build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
+    assert opened.count(feats) == 1
+    data = feats.read_bytes()
+    feats.write_bytes(data[:-10])
+    with pytest.raises(DataError, match=r"F.npy: truncated: the header declares a float32 array of shape \(6, 16\)"):
+        build_interactions(log, tmp_path / "p", TINY, features=feats, item_ids=ids)
+    feats.write_bytes(data)
+    ids.unlink()
+    ids.mkdir()
+    with pytest.raises(DataError, match=r"ids.txt: is a directory"):
+        build_interactions(log, tmp_path / "p", TINY, features=feats, item_ids=ids)
+    assert not (tmp_path / "p").exists()
+
+
 def test_interactions_image_without_file_is_an_error(tmp_path):
     log = write_log(tmp_path / "log.csv", ",")
     images = tmp_path / "img"

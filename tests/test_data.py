@@ -1,5 +1,6 @@
 """The original directory format, the synthetic generator and the triplet sampler."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -111,6 +112,50 @@ def test_sampler_rejects_training_and_cold_items(tiny_dataset):
         assert cold[draws].any()  # the switch really lets cold items through
 
 
+def test_cold_start_rule_follows_the_protocol(tiny_dataset):
+    """``auto``: the original's rule (test positives without a training pair) under the original
+    protocol; with a validation split, items without a training pair, a rule that reads no test
+    item (checked by redrawing every test row: the forbidden items do not move)."""
+    from amr_tf.data import carve_holdout
+    from amr_tf.data.sampling import resolve_cold_start_rule
+
+    ds = tiny_dataset
+    held = carve_holdout(ds)
+    assert resolve_cold_start_rule("auto", ds) == "original" and resolve_cold_start_rule("auto", held) == "train"
+    assert [resolve_cold_start_rule(r, held) for r in (True, False, "original", "off")] == ["original", "off", "original", "off"]
+    with pytest.raises(DataError, match="cold-start rule must be one of"):
+        resolve_cold_start_rule("sometimes", ds)
+    s = TripletSampler(held, seed=0)
+    assert s.cold_start_rule == "train"
+    untrained = held.item_popularity == 0
+    assert untrained.any() and not held.cold_start_items[~untrained].any()
+    j = np.concatenate([s.sample_epoch(e)[2] for e in range(5)])
+    assert not untrained[j].any()
+    rng = np.random.default_rng(0)
+    garbage = dataclasses.replace(held, test_candidates=rng.integers(0, ds.num_items, held.test_candidates.shape))
+    assert not np.array_equal(garbage.cold_start_items, held.cold_start_items)
+    for e in range(3):
+        for x, y in zip(TripletSampler(garbage, seed=0).sample_epoch(e), s.sample_epoch(e)):
+            np.testing.assert_array_equal(x, y)
+    assert TripletSampler(ds, seed=0).cold_start_rule == "original"
+
+
+def test_cold_start_rule_flag_reads_old_manifests():
+    """Runs before the rule had names recorded ``true``/``false``: they mean original/off."""
+    import argparse
+
+    from amr_tf.cli import _stored_flag, _train_actions
+    from amr_tf.flags import cold_start_rule
+
+    assert [cold_start_rule(t) for t in ("true", "False", "auto", "TRAIN", "off")] == ["original", "off", "auto", "train", "off"]
+    with pytest.raises(argparse.ArgumentTypeError, match="auto, original, train, off"):
+        cold_start_rule("maybe")
+    action = _train_actions()["cold_start_rule"]
+    assert action.default == "auto"
+    assert _stored_flag(action, True, "old.json") == "original" and _stored_flag(action, False, "old.json") == "off"
+    assert _stored_flag(action, "train", "new.json") == "train"
+
+
 def test_sampler_epochs_are_reproducible_and_distinct(tiny_dataset):
     a, b = TripletSampler(tiny_dataset, seed=5), TripletSampler(tiny_dataset, seed=5)
     for x, y in zip(a.sample_epoch(3), b.sample_epoch(3)):
@@ -158,9 +203,13 @@ def test_val_txt_is_read_checked_and_fingerprinted(tmp_path):
     assert ds.validation == "val.txt"
     assert ds.validation_candidates.tolist() == [[4, 3], [3, 4]] and ds.validation_users.tolist() == [0, 1]
     assert ds.record()["validation"] == "val.txt" and "val.txt" in ds.record()["files_sha256"]
-    plain = load_amr_dir(root, validation="none")  # the original protocol ignores val.txt
+    plain = load_amr_dir(root, validation="none")  # the original protocol: val.txt's positives train
     assert plain.validation_candidates is None and plain.validation == "none"
+    assert plain.train_pairs.tolist() == [[0, 1], [0, 2], [0, 4], [1, 2], [1, 3]]  # merged in pos.txt's order
     assert ds.fingerprint != plain.fingerprint
+    (tmp_path / "merged").mkdir()
+    merged = write_dir(tmp_path / "merged", pos="0 1\n0 2\n0 4\n1 2\n1 3\n", neg="3 0\n4 0\n")
+    assert load_amr_dir(merged).fingerprint == plain.fingerprint  # = the same data built without val.txt
     assert load_amr_dir(root, validation="holdout").validation == "val.txt"  # a val.txt wins over carving
     # the fingerprint without a validation split is the one the shipped checkpoints record
     import hashlib
@@ -182,6 +231,18 @@ def test_val_txt_is_read_checked_and_fingerprinted(tmp_path):
 def test_bad_val_txt_gives_line_precise_errors(tmp_path, val, match):
     with pytest.raises(DataError, match=match):
         load_amr_dir(write_val_dir(tmp_path, val=val))
+
+
+def test_validation_none_appends_to_an_unsorted_pos_txt(tmp_path):
+    root = write_dir(tmp_path, pos="0 2\n0 1\n1 2\n", neg="3 0\n4 0\n")
+    (root / "val.txt").write_text("4 3\n3 4\n")
+    assert load_amr_dir(root, validation="none").train_pairs.tolist() == [[0, 2], [0, 1], [1, 2], [0, 4], [1, 3]]
+
+
+def test_val_negative_that_repeats_the_validation_item_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"val.txt, line 2: negative candidate 3 repeats user 1's validation item "
+                                         r"\(1 such candidate in all\); ties count against the validation item"):
+        load_amr_dir(write_val_dir(tmp_path, val="4 3\n3 3\n"))
 
 
 def test_val_negative_that_is_a_training_item_warns(tmp_path):

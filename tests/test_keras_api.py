@@ -311,5 +311,8 @@ def test_pretrained_checkpoints_by_name(tmp_path, monkeypatch, capsys):
     (tmp_path / "vbpr-movielens-posters.weights.h5").write_bytes(b"")  # a local checkpoint takes precedence
     assert pretrained.resolve("vbpr-movielens-posters") == "vbpr-movielens-posters"
     (tmp_path / "vbpr-movielens-posters.weights.h5").unlink()
-    assert main(["evaluate", "mfbpr-movielens-posters"]) == 0
+    assert main(["evaluate", "mfbpr-movielens-posters"]) == 0  # the dataset's val.txt: both splits
+    out = capsys.readouterr().out
+    assert "| MFBPR (validation) |" in out and "| MFBPR (test) |" in out
+    assert main(["evaluate", "mfbpr-movielens-posters", "--validation", "none"]) == 0  # the original protocol
     assert "| MFBPR |" in capsys.readouterr().out

@@ -4,9 +4,12 @@ stopping (``--patience``) read the validation split and never the test candidate
 All fast (the module fixture, two short CLI runs, is ~4 s), so the poisoning check runs by default.
 The runs use the tiny synthetic dataset written as a directory with a ``val.txt`` (carved by
 ``carve_holdout`` and written, so the validation rows are fixed files that poisoning ``neg.txt``
-cannot change). ``--cold_start_rule false``: the original's cold-start rule rejects the *test*
-positives as sampled negatives during training (a documented use of the test items, README), so
-with it a different ``neg.txt`` changes training itself, not only what is evaluated.
+cannot change), with the default cold-start rule: with a validation split it reads the training
+pairs only (``auto`` -> ``train``). The poisoned copy's ``neg.txt`` has every test positive swapped
+with one of its negatives and every other negative redrawn; training batches, every checkpoint,
+the validation curve, the selected epoch and the early stop must not move. The original's rule
+(``--cold_start_rule original``) reads the test positives, and there the same poison does change
+the training batches (checked too, so the comparison can fail).
 """
 
 from __future__ import annotations
@@ -26,18 +29,30 @@ from tests.conftest import make_tiny
 from tests.test_training import read_scalars
 
 RUN = ["--model", "VBPR", "--emb1_K", "8", "--batch_size", "64", "--lr", "[0.2,0.2,0.2]", "--regs", "[0,0,0]",
-       "--verbose", "1", "--quiet", "--cold_start_rule", "false"]
-EPOCHS, PATIENCE = 30, 3  # on this data the validation NDCG@10 peaks at epoch 8; the run stops at 11
+       "--verbose", "1", "--quiet"]
+EPOCHS, PATIENCE = 30, 3  # on this data the validation NDCG@10 peaks at epoch 11; the run stops at 14
+
+
+def _poisoned(ds):
+    """``ds`` with garbage test rows: each positive swapped with one of its negatives (so the old
+    positive is now a negative), and the other negatives redrawn from items that are not the row's."""
+    rng = np.random.default_rng(7)
+    cands = ds.test_candidates.copy()
+    j = rng.integers(1, cands.shape[1], size=len(cands))
+    rows = np.arange(len(cands))
+    cands[rows, 0], cands[rows, j] = ds.test_candidates[rows, j], ds.test_candidates[rows, 0]
+    for r in rows:
+        others = np.setdiff1d(np.arange(ds.num_items), ds.test_candidates[r])
+        redraw = np.ones(cands.shape[1], bool)
+        redraw[[0, j[r]]] = False
+        cands[r, redraw] = np.sort(rng.choice(others, size=int(redraw.sum()), replace=False))
+    return dataclasses.replace(ds, test_candidates=cands)
 
 
 def _write(root, poison_test: bool = False):
     ds = carve_holdout(make_tiny())
-    if poison_test:  # every test positive swapped with one of its own negatives: the test split is garbage
-        cands = ds.test_candidates.copy()
-        j = np.random.default_rng(7).integers(1, cands.shape[1], size=len(cands))
-        rows = np.arange(len(cands))
-        cands[rows, 0], cands[rows, j] = ds.test_candidates[rows, j], ds.test_candidates[rows, 0]
-        ds = dataclasses.replace(ds, test_candidates=cands)
+    if poison_test:
+        ds = _poisoned(ds)
     write_amr_dir(ds, root)
     return root
 
@@ -74,10 +89,31 @@ def test_poisoned_test_split_changes_no_selection(runs):
     assert a["selection"] == b["selection"] == "val_NDCG@10"
     assert a["best_epoch"] == b["best_epoch"] and a["epochs"] == b["epochs"]
     assert a["stopped_early"] == b["stopped_early"] is not None
-    wa, wb = _weights(a_dir / "best.weights.h5"), _weights(b_dir / "best.weights.h5")
-    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    for name in ("best", "last"):  # training itself unchanged: same weights and optimiser state
+        wa, wb = _weights(a_dir / f"{name}.weights.h5"), _weights(b_dir / f"{name}.weights.h5")
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa), name
     for run_dir in (a_dir, b_dir):
         assert json.loads((run_dir / "best.json").read_text())["epoch"] == a["best_epoch"]
+        assert json.loads((run_dir / "last.json").read_text())["args"]["cold_start_rule"] == "train"
+
+
+def test_poisoned_test_split_changes_no_training_batch(runs, tmp_path):
+    """The sampler's triplets with the default rule are those of the clean data, epoch by epoch;
+    with the original's rule (it reads the test positives) the poison changes them."""
+    from amr_tf.data import TripletSampler
+
+    clean = load_amr_dir(runs["data"])
+    poisoned = load_amr_dir(_write(tmp_path / "poisoned", poison_test=True))
+    assert not np.array_equal(clean.test_candidates, poisoned.test_candidates)
+    changed = False
+    for epoch in range(3):
+        a = TripletSampler(clean, seed=0).sample_epoch(epoch)
+        b = TripletSampler(poisoned, seed=0).sample_epoch(epoch)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        a = TripletSampler(clean, seed=0, exclude_cold_start="original").sample_epoch(epoch)
+        b = TripletSampler(poisoned, seed=0, exclude_cold_start="original").sample_epoch(epoch)
+        changed |= not all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert changed
 
 
 def test_patience_stops_early_and_says_why(runs, capsys):
@@ -113,13 +149,15 @@ def test_patience_stops_early_and_says_why(runs, capsys):
 
 
 def test_resume_keeps_the_best_validation_score(runs):
-    """Interrupted after epoch 10 (best at 8, two evaluations without improvement), then resumed:
-    the same best epoch, early stop and best weights as the uninterrupted run. A resume that chose
-    the best afresh would take epoch 11 (its first evaluation) and not stop there."""
+    """Interrupted one epoch before the early stop (after epoch 13: best at 11, two evaluations
+    without improvement), then resumed: the same best epoch, early stop and best weights as the
+    uninterrupted run. A resume that chose the best afresh would take epoch 14 (its first
+    evaluation) and not stop there."""
     tmp, data = runs["tmp"], runs["data"]
     full_dir, full = runs["clean"]
-    part_dir, part = _train(tmp, "part", data, "--epoch", "10", "--patience", str(PATIENCE))
-    assert part["stopped_early"] is None and part["best_epoch"] == full["best_epoch"] < 10
+    cut = full["stopped_early"]["epoch"] - 1
+    part_dir, part = _train(tmp, "part", data, "--epoch", str(cut), "--patience", str(PATIENCE))
+    assert part["stopped_early"] is None and part["best_epoch"] == full["best_epoch"] < cut
     assert main(["train", "--resume", "--weight_dir", str(part_dir), "--epoch", str(EPOCHS), "--quiet"]) == 0
     res = json.loads((part_dir / "metrics.json").read_text())
     assert res["best_epoch"] == full["best_epoch"] and res["best_val_NDCG@10"] == full["best_val_NDCG@10"]
@@ -180,6 +218,21 @@ def test_evaluate_validation_split_equals_brute_force(tmp_path, protocol):
                                                      train))
     with pytest.raises(Exception, match="no validation split"):
         evaluate(model, base, split="validation")
+
+
+def test_holdout_carving_reads_no_test_negative():
+    """``carve_holdout`` reads the test positive only (to keep it out of the validation negatives,
+    see amr_tf/data/validation.py): redrawn test negatives leave the carved split unchanged."""
+    base = make_tiny()
+    rng = np.random.default_rng(3)
+    cands = base.test_candidates.copy()
+    cands[:, 1:] = rng.integers(0, base.num_items, size=(len(cands), cands.shape[1] - 1))
+    a, b = carve_holdout(base), carve_holdout(dataclasses.replace(base, test_candidates=cands))
+    for name in ("train_pairs", "validation_candidates", "validation_users"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    # The test positive is never a validation negative of its user.
+    tests = base.test_candidates[a.validation_users, 0]
+    assert not (a.validation_candidates[:, 1:] == tests[:, None]).any()
 
 
 def test_directory_round_trip_keeps_the_validation_rows(tmp_path):

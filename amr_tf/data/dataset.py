@@ -83,8 +83,14 @@ class AmrDataset:
         return np.bincount(self.train_pairs[:, 1], minlength=self.num_items).astype(np.int64)
 
     @cached_property
+    def untrained_items(self) -> np.ndarray:
+        """Boolean mask of items with no training pair (known from the training pairs alone)."""
+        return self.item_popularity == 0
+
+    @cached_property
     def cold_start_items(self) -> np.ndarray:
-        """Boolean mask of test positives that never occur in training (the original's "cold" items)."""
+        """Boolean mask of test positives that never occur in training (the original's "cold" items;
+        reads the test split, see :func:`amr_tf.data.sampling.resolve_cold_start_rule`)."""
         cold = np.zeros(self.num_items, dtype=bool)
         if len(self.test_candidates):
             cold[self.test_candidates[:, 0]] = True
@@ -364,7 +370,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         source_files=(pos_path.name, neg_path.name, feat_path.name),
     )
     _warn_about_users(ds, pos_path, pos_lines, neg_path, neg_lines)
-    _warn_candidates_in_train(ds, neg_path, neg_lines)
+    _warn_candidates(ds, cands, neg_path, neg_lines)
     if val is not None:
         _check_validation(ds, val, val_path, val_lines)
         ds.source_files += (val_path.name,)
@@ -404,7 +410,8 @@ def _rows_sorted(pairs: np.ndarray) -> bool:
 
 def _check_validation(ds: AmrDataset, val: np.ndarray, val_path: Path, val_lines) -> None:
     """``val.txt``: no more rows than users, positives that are not training pairs; warn about
-    negatives that are training items of their user or repeat the validation item."""
+    a validation item that is also the test item, and (:func:`_warn_candidates`) negatives that
+    are training items of their user or repeat the validation item."""
     if len(val) > ds.num_users:
         raise DataError(
             f"{val_path}, line {val_lines[ds.num_users]}: {_count(len(val), 'row')} but pos.txt and neg.txt "
@@ -427,18 +434,7 @@ def _check_validation(ds: AmrDataset, val: np.ndarray, val_path: Path, val_lines
             f"({_count(int(same.sum()), 'such user')} in all); validation would select on the test item",
             stacklevel=3,
         )
-    n_neg = val.shape[1] - 1
-    rows = np.repeat(users, n_neg)
-    items = val[:, 1:].ravel()
-    neg_in_train = np.asarray(ds.train_matrix[rows, items]).ravel() > 0
-    if neg_in_train.any():
-        k = int(np.argmax(neg_in_train))
-        warnings.warn(
-            f"{val_path}, line {val_lines[rows[k]]}: negative candidate {items[k]} is a training item of user "
-            f"{rows[k]} ({_count(int(neg_in_train.sum()), 'such candidate')} in all); validation metrics will be "
-            "pessimistic",
-            stacklevel=3,
-        )
+    _warn_candidates(ds, val, val_path, val_lines, "validation", stacklevel=4)
 
 
 def _warn_about_users(ds: AmrDataset, pos_path: Path, pos_lines, neg_path: Path, neg_lines) -> None:
@@ -464,30 +460,33 @@ def _warn_about_users(ds: AmrDataset, pos_path: Path, pos_lines, neg_path: Path,
         )
 
 
-def _warn_candidates_in_train(ds: AmrDataset, neg_path: Path, neg_lines) -> None:
-    """Warn when a candidate is one of that user's training items or repeats the test item.
+def _warn_candidates(ds: AmrDataset, cands: np.ndarray, path: Path, lines, split: str = "test",
+                     stacklevel: int = 3) -> None:
+    """Warn when a candidate of ``cands`` (``neg.txt`` or ``val.txt``: row u = user u, the held-out
+    positive first) is one of that user's training items or repeats the row's positive.
 
-    Either makes the sampled metrics pessimistic: the test item must outrank the candidate, and
-    ties count against it.
+    Either makes the sampled metrics pessimistic: the held-out item must outrank the candidate,
+    and ties count against it.
     """
-    n_neg = ds.test_candidates.shape[1] - 1
-    users = np.repeat(np.arange(len(ds.test_candidates)), n_neg)
-    items = ds.test_candidates[:, 1:].ravel()
+    n_neg = cands.shape[1] - 1
+    users = np.repeat(np.arange(len(cands)), n_neg)
+    items = cands[:, 1:].ravel()
     in_train = np.asarray(ds.train_matrix[users, items]).ravel() > 0
+    metrics = "metrics" if split == "test" else f"{split} metrics"
     if in_train.any():
         k = int(np.argmax(in_train))
         warnings.warn(
-            f"{neg_path}, line {neg_lines[users[k]]}: negative candidate {items[k]} is a training item "
-            f"of user {users[k]} ({_count(int(in_train.sum()), 'such candidate')} in all); metrics will be pessimistic",
-            stacklevel=3,
+            f"{path}, line {lines[users[k]]}: negative candidate {items[k]} is a training item "
+            f"of user {users[k]} ({_count(int(in_train.sum()), 'such candidate')} in all); {metrics} will be pessimistic",
+            stacklevel=stacklevel,
         )
-    same = ds.test_candidates[:, 1:] == ds.test_candidates[:, :1]
+    same = cands[:, 1:] == cands[:, :1]
     if same.any():
         u = int(np.argmax(same.any(axis=1)))
         warnings.warn(
-            f"{neg_path}, line {neg_lines[u]}: negative candidate {ds.test_candidates[u, 0]} repeats "
-            f"user {u}'s test item ({_count(int(same.sum()), 'such candidate')} in all); ties count against the test item",
-            stacklevel=3,
+            f"{path}, line {lines[u]}: negative candidate {cands[u, 0]} repeats user {u}'s {split} item "
+            f"({_count(int(same.sum()), 'such candidate')} in all); ties count against the {split} item",
+            stacklevel=stacklevel,
         )
 
 

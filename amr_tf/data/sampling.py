@@ -1,4 +1,5 @@
-"""Training triplets (user, positive, negative) for BPR, one negative per training pair per epoch."""
+"""Training triplets (user, positive, negative) for BPR, one negative per training pair per epoch,
+and the cold-start rule that says which items are never sampled as negatives."""
 
 from __future__ import annotations
 
@@ -6,25 +7,60 @@ import numpy as np
 
 from amr_tf.data.dataset import AmrDataset
 from amr_tf.errors import DataError
+from amr_tf.flags import COLD_START_RULES
+
+
+def resolve_cold_start_rule(rule: bool | str, dataset: AmrDataset) -> str:
+    """The cold-start rule ``rule`` means on ``dataset``: ``"original"``, ``"train"`` or ``"off"``.
+
+    * ``original`` (``True``): the original code's rule, never sample a *test* positive that has
+      no training pair. It reads the test split, so it changes training when the test items
+      change; kept for fidelity.
+    * ``train``: never sample an item that has no training pair (``dataset.untrained_items``). The
+      same intent (an item nobody trained on is not pushed down as a negative) from the training
+      pairs alone; on the embedded dataset under the original protocol both rules exclude the same
+      12 items, since every item there is some user's positive.
+    * ``off`` (``False``): only the user's own training items are rejected.
+    * ``auto`` (the default): ``original`` under the original protocol (``dataset.validation ==
+      "none"``: the numbers stay the original's), ``train`` with a validation split, so that
+      nothing in training, selection or early stopping reads the test items.
+    """
+    if rule is True or rule is False:
+        return "original" if rule else "off"
+    if rule not in COLD_START_RULES:
+        raise DataError(f"cold-start rule must be one of {', '.join(COLD_START_RULES)} (or a bool), got {rule!r}")
+    if rule == "auto":
+        return "original" if dataset.validation == "none" else "train"
+    return rule
+
+
+def _never_negative(dataset: AmrDataset, rule: str) -> np.ndarray:
+    """Items the resolved ``rule`` never samples as negatives (a boolean mask over items)."""
+    if rule == "original":
+        return dataset.cold_start_items
+    if rule == "train":
+        return dataset.untrained_items
+    return np.zeros(dataset.num_items, bool)
 
 
 class TripletSampler:
     """The original's sampler, vectorised: shuffle the pairs, draw one uniform negative per pair.
 
-    A negative is rejected when it is one of the user's training items or, with
-    ``exclude_cold_start=True`` (the original's rule, kept as the default for fidelity), a
-    "cold-start" item (a test positive that never occurs in training -- note this uses test
-    information). Epoch ``e`` is a pure function of ``(seed, e)``, so a resumed run samples
-    exactly what an uninterrupted run would.
+    A negative is rejected when it is one of the user's training items or an item the cold-start
+    rule excludes (``exclude_cold_start``: a rule of :func:`resolve_cold_start_rule`; ``"auto"``,
+    the default, is the original's rule under the original protocol and a rule on the training
+    pairs alone with a validation split; ``True`` is always the original's, which reads the test
+    positives). Epoch ``e`` is a pure function of ``(seed, e)``, so a resumed run samples exactly
+    what an uninterrupted run would.
     """
 
-    def __init__(self, dataset: AmrDataset, seed: int = 0, exclude_cold_start: bool = True):
+    def __init__(self, dataset: AmrDataset, seed: int = 0, exclude_cold_start: bool | str = "auto"):
         self.dataset = dataset
         self.seed = int(seed)
-        self.exclude_cold_start = exclude_cold_start
+        self.cold_start_rule = resolve_cold_start_rule(exclude_cold_start, dataset)
         pairs = dataset.train_pairs
         self._keys = np.unique(pairs[:, 0] * dataset.num_items + pairs[:, 1])
-        self._forbidden_items = dataset.cold_start_items if exclude_cold_start else np.zeros(dataset.num_items, bool)
+        self._forbidden_items = _never_negative(dataset, self.cold_start_rule)
         allowed = dataset.num_items - self._forbidden_items.sum() - np.diff(dataset.train_matrix.indptr)
         # A user whose training items (plus the cold items) cover the catalogue has no negative.
         if (allowed <= 0).any():

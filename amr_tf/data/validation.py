@@ -15,6 +15,17 @@ hyper-parameters can be chosen without looking at the test items:
 * randomness: one ``numpy.random.default_rng(seed)``, users in ascending order, for each user
   first the item, then the negatives.
 
+Why the test item stays out of the validation negatives: it is construction of the protocol, not
+selection. A validation negative stands for an item the user did not interact with; the test
+item is one the user did (exactly as a ``val.txt`` built by :mod:`amr_tf.datasets` never draws a
+rated item), and taking it as a negative would make validation reward models that rank the
+user's real test item *low*, which is a bias against the test set, not independence from it. The
+carving reads only the identity of the test *positive* (never the test negatives, never a score),
+so poisoning ``neg.txt``'s negatives leaves the carved split unchanged, and so do training,
+selection and early stopping on it (tests/test_selection.py). A directory whose ``val.txt`` is
+written (the embedded dataset, or ``write_amr_dir`` of a carved split) has no such dependency at
+all once written.
+
 The result's ``validation`` label is ``"holdout(seed=S)"``; it and the validation rows enter the
 dataset's fingerprint.
 """

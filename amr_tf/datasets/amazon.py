@@ -23,14 +23,13 @@ import ast
 import gzip
 import json
 import os
-from array import array
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from amr_tf.data.dataset import open_input
-from amr_tf.datasets.protocol import Protocol, sorted_codes, split as protocol_split
+from amr_tf.datasets.protocol import InteractionLog, Protocol, sorted_codes, split as protocol_split
 from amr_tf.datasets.writer import BuildResult, write_build
 from amr_tf.errors import DataError
 
@@ -77,10 +76,7 @@ def read_reviews(path: str | os.PathLike, keep: Callable[[str], bool] | None = N
     used values per review are held. ``DataError`` names the line of a malformed review.
     """
     path = Path(path)
-    user_code: dict[str, int] = {}
-    item_code: dict[str, int] = {}
-    users, items, ts = array("q"), array("q"), array("q")
-    rating = array("d")
+    log = InteractionLog()
     lines = {"reviews": 0, "no_features": 0, "blank": 0}
     for lineno, line in enumerate(_open_text_lines(path), 1):
         if not line.strip():
@@ -101,14 +97,10 @@ def read_reviews(path: str | os.PathLike, keep: Callable[[str], bool] | None = N
         if keep is not None and not keep(asin):
             lines["no_features"] += 1
             continue
-        users.append(user_code.setdefault(user, len(user_code)))
-        items.append(item_code.setdefault(asin, len(item_code)))
-        ts.append(when)
-        rating.append(overall)
+        log.add(user, asin, when, overall)
     if lines["reviews"] == 0:
         raise DataError(f"{path}: no reviews")
-    return (np.frombuffer(users, np.int64), np.frombuffer(items, np.int64), np.frombuffer(ts, np.int64),
-            np.frombuffer(rating, np.float64), list(user_code), list(item_code), lines)
+    return (*log.arrays(), lines)
 
 
 def _decode_asin(raw: bytes, path: Path, record: int) -> str:

@@ -10,9 +10,10 @@
     features are 1280-d EfficientNet-Lite0 features (:mod:`amr_tf.vision`), extracted in batches
     with a progress bar and a resumable cache (:func:`amr_tf.vision.feature_cache.extract_cached`);
     only this path imports TensorFlow;
-  - ``features`` + ``item_ids``: an ``.npy`` array (opened with ``np.load(..., allow_pickle=False,
-    mmap_mode="r")``, then only the kept rows read, one at a time) whose row r belongs to the item
-    on line r + 1 of ``item_ids``.
+  - ``features`` + ``item_ids``: an ``.npy`` array whose row r belongs to the item on line r + 1
+    of ``item_ids``. The array is opened once (through :mod:`amr_tf.safe_io`: a regular file,
+    never a FIFO), its header checked (no pickled objects, 2-D, numeric, not truncated), and only
+    the kept rows are read, one seek each (a Fortran-ordered array through a read-only mapping).
 
 An interaction naming an item without an image or feature row is an error (the first such line
 is named). Then the shared protocol of :mod:`amr_tf.datasets.protocol` applies.
@@ -20,18 +21,20 @@ is named). Then the shared protocol of :mod:`amr_tf.datasets.protocol` applies.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-from array import array
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from amr_tf.data.dataset import open_input
-from amr_tf.datasets.protocol import Protocol, sorted_codes, split as protocol_split
+from amr_tf.datasets.protocol import InteractionLog, Protocol, sorted_codes, split as protocol_split
 from amr_tf.datasets.writer import BuildResult, write_build
 from amr_tf.errors import DataError
+from amr_tf.io import read_npy_header
+from amr_tf.safe_io import read_bytes
 
 __all__ = ["DEFAULT_COLUMNS", "IMAGE_SUFFIXES", "build_interactions", "read_interactions"]
 
@@ -60,9 +63,7 @@ def read_interactions(path: str | os.PathLike, columns: Sequence[str] = DEFAULT_
     if len(columns) not in (3, 4) or len(set(columns)) != len(columns):
         raise DataError(f"--columns: expected 3 or 4 distinct names user,item,timestamp[,rating], got {','.join(columns)}")
     fh = open_input(path, "interactions file not found", "a .csv or .tsv file", "r", newline="", encoding="utf-8-sig")
-    user_code: dict[str, int] = {}
-    item_code: dict[str, int] = {}
-    users, items, ts, rating = array("q"), array("q"), array("q"), array("d")
+    log = InteractionLog()
     missing_first, missing_count = None, 0
     with fh:
         reader = csv.reader(fh, delimiter=_delimiter(path))
@@ -110,20 +111,16 @@ def read_interactions(path: str | os.PathLike, columns: Sequence[str] = DEFAULT_
                     missing_count += 1
                     missing_first = missing_first or (line, item)
                     continue
-                users.append(user_code.setdefault(user, len(user_code)))
-                items.append(item_code.setdefault(item, len(item_code)))
-                ts.append(stamp)
-                rating.append(value)
+                log.add(user, item, stamp, value)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}, line {reader.line_num}: cannot parse ({exc})") from None
     if missing_first is not None:
         line, item = missing_first
         raise DataError(f"{path}, line {line}: item {item!r} {what_missing} ({missing_count} interaction(s) in all "
                         "name items without one)")
-    if len(users) == 0:
+    if len(log) == 0:
         raise DataError(f"{path}: no interactions after the header")
-    return (np.frombuffer(users, np.int64), np.frombuffer(items, np.int64), np.frombuffer(ts, np.int64),
-            np.frombuffer(rating, np.float64), list(user_code), list(item_code), len(users), len(idx) == 4)
+    return (*log.arrays(), len(log), len(idx) == 4)
 
 
 def _image_index(images: Path) -> dict[str, Path]:
@@ -140,13 +137,12 @@ def _image_index(images: Path) -> dict[str, Path]:
     return index
 
 
-def _feature_table(features: Path, item_ids: Path) -> tuple[np.ndarray, dict[str, int]]:
-    """The memory-mapped feature array and ``{item id: row}`` from ``item_ids``."""
+def _read_item_ids(item_ids: Path, features: Path) -> dict[str, int]:
+    """``{item id: row}`` from ``item_ids`` (line r + 1 names row r of ``features``)."""
+    data = read_bytes(item_ids, "an item id file", DataError, missing=f"{item_ids}: item id file not found")
     try:
-        text = item_ids.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{item_ids}: item id file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise DataError(f"{item_ids}: cannot read ({exc})") from None
     rows: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
@@ -156,19 +152,48 @@ def _feature_table(features: Path, item_ids: Path) -> tuple[np.ndarray, dict[str
         if name in rows:
             raise DataError(f"{item_ids}, line {n}: item {name!r} repeats line {rows[name] + 1}")
         rows[name] = n - 1
-    # Regular files only (a FIFO would block np.load's open): checked through the safe reader first.
-    open_input(features, "feature file not found", "an .npy feature array").close()
-    try:
-        arr = np.load(features, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{features}: feature file not found") from None
-    except Exception as exc:  # noqa: BLE001 - pickles, truncation, bad headers: all the file's fault
-        raise DataError(f"{features}: not a readable .npy array without pickled objects ({exc})") from None
-    if arr.ndim != 2 or arr.dtype.kind not in "fiu" or arr.shape[1] == 0:
-        raise DataError(f"{features}: expected a 2-D numeric array (items x dims), got {arr.dtype} {arr.shape}")
-    if arr.shape[0] != len(rows):
-        raise DataError(f"{features}: {arr.shape[0]} rows but {item_ids.name} lists {len(rows)} item ids")
-    return arr, rows
+    return rows
+
+
+class _FeatureRows:
+    """An ``.npy`` feature array, opened once and read by rows (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open_input(path, "feature file not found", "an .npy feature array")
+        try:
+            size = os.fstat(self._fh.fileno()).st_size
+            try:
+                shape, self.fortran, self.dtype = read_npy_header(self._fh)
+            except Exception as exc:  # noqa: BLE001 - not .npy, bad or truncated headers: the file's fault
+                raise DataError(f"{path}: not a readable .npy array without pickled objects ({exc})") from None
+            if self.dtype.hasobject:
+                raise DataError(f"{path}: not a readable .npy array without pickled objects (dtype {self.dtype})")
+            if len(shape) != 2 or self.dtype.kind not in "fiu" or shape[1] == 0:
+                raise DataError(f"{path}: expected a 2-D numeric array (items x dims), got {self.dtype} {shape}")
+            self.shape, self.offset = shape, self._fh.tell()
+            if size - self.offset < shape[0] * shape[1] * self.dtype.itemsize:
+                raise DataError(f"{path}: truncated: the header declares a {self.dtype} array of shape {shape} "
+                                f"but only {size - self.offset} bytes of data follow")
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def write_rows(self, order: np.ndarray, out) -> None:
+        """The rows ``order`` (in that order) to the :class:`~amr_tf.datasets.writer.FeatureWriter` ``out``."""
+        if self.fortran:  # rows are not contiguous: read them through a read-only mapping of the open file
+            arr = np.memmap(self._fh, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order="F")
+            for start in range(0, len(order), _ROWS_PER_BLOCK):
+                out.write(arr[order[start:start + _ROWS_PER_BLOCK]], f"{self.path}")
+            return
+        # One seek per row: a mapping would count read-ahead pages as this process's memory.
+        row_bytes = self.dtype.itemsize * self.shape[1]
+        for row in order.tolist():
+            self._fh.seek(self.offset + row * row_bytes)
+            out.write(np.frombuffer(self._fh.read(row_bytes), dtype=self.dtype), f"{self.path}, row {row}")
 
 
 def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLike, protocol: Protocol, *,
@@ -182,12 +207,27 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
     protocol.check()
     if (images is None) == (features is None) or (features is not None) != (item_ids is not None):
         raise DataError("give either --images DIR or --features F.npy with --item-ids ids.txt")
-    if images is not None:
-        image_index = _image_index(Path(images))
-        has_item, missing = image_index.__contains__, f"has no image in {images}"
-    else:
-        table, rows = _feature_table(Path(features), Path(item_ids))
-        has_item, missing = rows.__contains__, f"is not listed in {item_ids}"
+    with contextlib.ExitStack() as stack:  # the feature file stays open (once) until the build is written
+        table = rows = image_index = None
+        if images is not None:
+            image_index = _image_index(Path(images))
+            has_item, missing = image_index.__contains__, f"has no image in {images}"
+        else:
+            features, item_ids = Path(features), Path(item_ids)
+            rows = _read_item_ids(item_ids, features)
+            table = _FeatureRows(features)
+            stack.callback(table.close)
+            if table.shape[0] != len(rows):
+                raise DataError(f"{features}: {table.shape[0]} rows but {item_ids.name} lists {len(rows)} item ids")
+            has_item, missing = rows.__contains__, f"is not listed in {item_ids}"
+        return _build(interactions, out_dir, protocol, columns, has_item, missing, image_index, table, rows,
+                      item_ids, batch_size, cache_dir, progress, command, say)
+
+
+def _build(interactions, out_dir, protocol, columns, has_item, missing, image_index, table, rows, item_ids,
+           batch_size, cache_dir, progress, command, say) -> BuildResult:
+    """:func:`build_interactions` once its item source is open: ``image_index`` (images) or
+    ``table`` (an open :class:`_FeatureRows`) with ``rows`` (item id -> row)."""
     users, items, ts, rating, user_names, item_names, n_rows, rated = read_interactions(
         interactions, columns, has_item, missing)
     if protocol.min_rating is not None and not rated:
@@ -199,7 +239,7 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
                         user_label=lambda key: f"user id {user_sorted[key]}", log=say)
     kept = item_sorted[sp.item_keys].tolist()
 
-    if images is not None:
+    if table is None:
         from amr_tf.vision.feature_cache import extract_cached  # TensorFlow only on this path
         from amr_tf.vision.efficientnet_lite import FEATURE_DIM
 
@@ -217,23 +257,11 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
     else:
         cnn, dim = "custom", int(table.shape[1])
         order = np.fromiter((rows[k] for k in kept), dtype=np.int64, count=len(kept))
-        sources = [("interactions", interactions), ("item features", Path(features)), ("item ids", Path(item_ids))]
-        feature_note = f"the rows of `{Path(features).name}` named by `{Path(item_ids).name}`"
-
-        row_dtype, row_bytes = table.dtype, table.dtype.itemsize * dim
-        offset, c_order = table.offset, table.flags.c_contiguous
-        del table  # rows are read with seeks below: a mapping would count read-ahead pages as our memory
+        sources = [("interactions", interactions), ("item features", table.path), ("item ids", item_ids)]
+        feature_note = f"the rows of `{table.path.name}` named by `{item_ids.name}`"
 
         def write_features(out):
-            if not c_order:  # a Fortran-ordered array: rows are not contiguous, read through the mapping
-                arr = np.load(features, mmap_mode="r", allow_pickle=False)
-                for start in range(0, len(order), _ROWS_PER_BLOCK):
-                    out.write(arr[order[start:start + _ROWS_PER_BLOCK]], f"{features}")
-                return
-            with open_input(features, "feature file not found", "an .npy feature array") as fh:
-                for row in order.tolist():
-                    fh.seek(offset + row * row_bytes)
-                    out.write(np.frombuffer(fh.read(row_bytes), dtype=row_dtype), f"{features}, row {row}")
+            table.write_rows(order, out)
 
     drops = [
         (sp.counts["duplicates_collapsed"], "repeated interactions of a user with an item (the latest is kept)"),
@@ -245,7 +273,7 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
         out_dir, sp, protocol, cnn=cnn, feature_dim=dim, write_features=write_features,
         users_header="user\tuser_id", user_names=user_sorted[sp.user_keys],
         items_header="item\titem_id", item_names=kept, sources=sources,
-        title=f"{interactions.stem}: interactions with item {'images' if images is not None else 'features'} "
+        title=f"{interactions.stem}: interactions with item {'images' if table is None else 'features'} "
               "(AMR directory format)",
         intro=("Implicit feedback from an interaction log, with visual item features. Built by "
                "`amr-tf build-dataset interactions` (`amr_tf/datasets/interactions.py`); every number below "

@@ -36,6 +36,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from array import array
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -46,6 +47,7 @@ from amr_tf.errors import AmrError, DataError
 from amr_tf.io import UMASK
 
 __all__ = [
+    "InteractionLog",
     "Protocol",
     "Split",
     "dataset_card",
@@ -110,6 +112,35 @@ class Split:
     @property
     def num_items(self) -> int:
         return len(self.item_keys)
+
+
+class InteractionLog:
+    """The interactions a builder collects while it streams a source, before the stages run.
+
+    User and item names are coded 0.. in order of first appearance (:func:`sorted_codes` recodes
+    them in name order later); only four numbers per interaction are held, in compact arrays, so
+    a multi-gigabyte source is never in memory.
+    """
+
+    def __init__(self):
+        self._user_code: dict[str, int] = {}
+        self._item_code: dict[str, int] = {}
+        self._users, self._items, self._ts, self._rating = array("q"), array("q"), array("q"), array("d")
+
+    def add(self, user: str, item: str, ts: int, rating: float) -> None:
+        self._users.append(self._user_code.setdefault(user, len(self._user_code)))
+        self._items.append(self._item_code.setdefault(item, len(self._item_code)))
+        self._ts.append(ts)
+        self._rating.append(rating)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+        """``(users, items, ts, rating, user_names, item_names)``: int64 codes into the name lists."""
+        return (np.frombuffer(self._users, np.int64), np.frombuffer(self._items, np.int64),
+                np.frombuffer(self._ts, np.int64), np.frombuffer(self._rating, np.float64),
+                list(self._user_code), list(self._item_code))
 
 
 # ------------------------------------------------------------------------------------- stages
