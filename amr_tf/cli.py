@@ -39,7 +39,7 @@ from amr_tf.tuning.defaults import hparams_spec
 # Flags that define what is trained: on --resume they default to the checkpoint's values, and
 # giving one explicitly with another value is an error (the continuation would not be the same run).
 RESUME_FIXED = ("model", "adv", "adv_type", "lr", "regs", "eps", "adv_weight", "embed_dim", "batch_size", "seed",
-                "cold_start_rule", "protocol")
+                "cold_start_rule", "protocol", "w0", "alpha")
 # Taken from the checkpoint unless given (the dataset's fingerprint is checked instead of its name).
 RESUME_INHERITED = ("dataset", "path", "cnn", "validation", "epoch", "verbose", "save_every", "logdir", "patience")
 
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adversary's L2 budget per item")
     t.add_argument("--lmd", dest="adv_weight", type=non_negative_float, default=1.0,
                    help="weight of the adversarial loss")
+    t.add_argument("--w0", type=non_negative_float, default=None,
+                   help="--model EALS: total weight of the missing data, the eALS paper's w0 (default: the model's, 1)")
+    t.add_argument("--alpha", type=non_negative_float, default=None,
+                   help="--model EALS: popularity exponent of the missing-data weights c_i ~ f_i^alpha (default 0.5); "
+                        "its L2 penalty lambda is --regs' first value (default 0.01)")
     t.add_argument("--emb1_K", "--embed_dim", dest="embed_dim", type=positive_int, default=64)
     t.add_argument("--batch_size", type=positive_int, default=512)
     t.add_argument("--epoch", type=non_negative_int, default=20, help="number of epochs (the original ran 2000)")
@@ -450,8 +455,9 @@ def cmd_train(args) -> int:
     for flag, key in (("lr", "learning_rates"), ("regs", "regs")):
         if getattr(args, flag) is None and key in defaults:  # recorded in the manifest as used
             setattr(args, flag, tuple(defaults[key]))
+    eals = {"c0": args.w0, "alpha": args.alpha, "reg": args.regs[0] if args.regs else None} if name == "EALS" else {}
     model = build_model(name, ds, embed_dim=args.embed_dim, regs=args.regs, learning_rates=args.lr,
-                        eps=args.eps, adv_weight=args.adv_weight, adv_type=args.adv_type, seed=args.seed)
+                        eps=args.eps, adv_weight=args.adv_weight, adv_type=args.adv_type, seed=args.seed, **eals)
     if name == "POP":
         print_table({"POP": evaluate(model, ds, protocol=args.protocol)})
         return 0

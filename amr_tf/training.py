@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 
 import keras
@@ -70,6 +71,12 @@ def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initi
     ``validation_freq`` epochs by the model's ``test_step``: ``val_HR@10``, ``val_NDCG@10``, ...
     are then in the logs every callback sees.
     """
+    if epochs < initial_epoch:
+        raise AmrError(f"epochs ({epochs}) must be >= initial_epoch ({initial_epoch})")
+    if not isinstance(model, keras.Model):  # MF-eALS: closed-form epochs, no sampler, no batches
+        if validation_data is not None:
+            raise AmrError(f"{type(model).__name__} is evaluated by callbacks (EvaluationCallback), not validation_data")
+        return fit_epochs(model, dataset, epochs, initial_epoch=initial_epoch, callbacks=callbacks)
     if validation_data is not None and isinstance(validation_data, (tuple, list)):
         validation_data = candidate_dataset(*validation_data)
     if epochs < initial_epoch:
@@ -92,6 +99,41 @@ def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initi
             validation_data=validation_data,
             validation_freq=validation_freq,
         )
+
+
+def fit_epochs(model, dataset, epochs: int, initial_epoch: int = 0, callbacks=()) -> keras.callbacks.History:
+    """Train a model that is not SGD-trained (one with ``fit_epoch(dataset) -> objective``: MF-eALS)
+    epoch by epoch, calling the same Keras callbacks as ``model.fit`` would (train begin/end, epoch
+    begin/end with ``logs={"loss": objective}``), so that evaluation, checkpoints, TensorBoard,
+    early stopping (``model.stop_training``) and the CLI's progress records work unchanged.
+
+    A NaN or infinite objective raises ``TrainingDivergedError`` before the callbacks see that epoch.
+    """
+    from amr_tf.errors import TrainingDivergedError
+
+    history = keras.callbacks.History()
+    callbacks = [cb for cb in callbacks if not isinstance(cb, NonFiniteGuard)] + [history]
+    for cb in callbacks:  # Keras callbacks take any model; the evaluation reads only its vectors
+        cb.set_params({"epochs": int(epochs), "steps": 1, "verbose": 0})
+        cb.set_model(model)
+    model.stop_training = False
+    for cb in callbacks:
+        cb.on_train_begin({})
+    for epoch in range(int(initial_epoch), int(epochs)):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {})
+        loss = float(model.fit_epoch(dataset))
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(f"the objective became {loss} in epoch {epoch + 1}; stopped without "
+                                        "saving that epoch")
+        logs = {"loss": loss}
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    for cb in callbacks:
+        cb.on_train_end({})
+    return history
 
 
 def steps_per_execution_for(steps_per_epoch: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int:

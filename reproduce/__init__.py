@@ -4,14 +4,19 @@ Run one experiment with ``python -m reproduce.<experiment> [--quick] [--dataset 
 or all of them with ``python -m reproduce.all``; ``python -m reproduce <experiment> ...`` does the same.
 
 =================  ==============================================================================
-``overall``        main table: Popularity, MF-BPR, VBPR and AMR (fine-tuned from the pretrained VBPR)
-``robustness``     VBPR vs AMR under test-time feature perturbations (gradient, PGD, random noise)
+``overall``        main table: Pop, MF-eALS, MF-BPR, DUIF, VBPR and AMR (fine-tuned from the pretrained VBPR)
+``robustness``     VBPR vs AMR under test-time feature perturbations (gradient, PGD, random noise), and
+                   the band between the certified worst case and the strongest shared attack found
 ``eps_lambda``     AMR's clean accuracy over a grid of the adversary's budget eps and weight lambda
 ``training_curve`` HR@10 / NDCG@10 while AMR fine-tunes the pretrained VBPR, next to VBPR trained on
 ``significance``   AMR vs VBPR per metric: per-seed values, paired t-tests and Wilcoxon tests
 ``pixel_attack``   FGSM / PGD on the posters' pixels, through the CNN into VBPR and AMR (needs the
                    poster images, which are not shipped; not part of ``all``)
 =================  ==============================================================================
+
+Every epoch count and hyper-parameter is chosen on the validation split (``--validation holdout``,
+the default; ``none`` is the original protocol). ``reproduce.all`` writes ``<out>/REPORT.md``, which
+opens with the paper's claims and their verdicts (:mod:`reproduce.claims`).
 
 Every experiment writes ``<out>/<experiment>/``: ``table.md``, ``results.csv`` (aggregates),
 ``runs.csv`` (every per-seed number), ``figure.png``, ``manifest.json`` (provenance, settings,

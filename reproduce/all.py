@@ -32,29 +32,42 @@ def _embed(table_md: str, folder: str) -> str:
 
 
 def write_report(out: Path, summaries: list[dict], args, total: float) -> Path:
+    """``<out>/REPORT.md``: the claims and their verdicts first, then what ran and every table."""
     from amr_tf.io import atomic_write_text
+    from reproduce import claims
 
     first = summaries[0]["manifest"]
     prov = first["provenance"]
-    lines = [
-        "# AMR reproduction report\n",
+    quick = first["mode"] == "quick"
+    results = {s["name"]: s["manifest"]["results"] for s in summaries}
+    lines = ["# AMR reproduction report\n"]
+    if quick:
+        lines.append(common.QUICK_WARNING)
+    lines += [
+        "## The paper's claims, measured\n",
+        f"Test metrics of models selected on validation; rules in `reproduce/claims.py`. Details below.\n",
+        claims.markdown(claims.claims(results, first["mode"])),
+        "## What ran\n",
         f"Command: `{first['command']}`  ",
-        f"Mode: **{first['mode']}**; dataset `{first['dataset']['name']}` ({first['dataset']['summary']}; "
-        f"fingerprint `{first['dataset']['fingerprint'][:16]}`)  ",
+        f"Mode: **{first['mode']}**{' (smoke test)' if quick else ''}; dataset `{first['dataset']['name']}` "
+        f"({first['dataset']['summary']}; fingerprint `{first['dataset']['fingerprint'][:16]}`)  ",
         f"Git commit `{prov.get('git_commit')}`{' (with uncommitted changes)' if prov.get('git_dirty') else ''}; "
         f"TensorFlow {prov.get('tensorflow')}, Keras {prov.get('keras')}, Python {prov.get('python')}; "
         f"{first['machine']['cpus']} CPUs  ",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; total wall time {total:.0f} s.\n",
-        "Models are trained once and shared between experiments (cache `cache/`): *training* is the training "
-        "time of the runs an experiment used (trained then or earlier), *wall* its time in this run.\n",
-        "| experiment | wall (s) | training used (s) | table | numbers | figure | manifest | TensorBoard |",
+        "Models are trained once and shared between experiments (cache `cache/`). *wall*: the experiment's "
+        "time in this run, training included; *trained here*: the part of it spent training models no earlier "
+        "experiment had trained (a model from the cache, or the pretrained VBPR, adds nothing). Each table's "
+        "`runs.csv` and `manifest.json` give every run's own training time.\n",
+        "| experiment | wall (s) | trained here (s) | table | numbers | figure | manifest | TensorBoard |",
         "|---|---:|---:|---|---|---|---|---|",
     ]
     for s in summaries:
         m, n = s["manifest"], s["name"]
         figs = " ".join(f"[{f}]({n}/{f})" for f in m["files"] if f.endswith(".png"))
         csvs = " ".join(f"[{f}]({n}/{f})" for f in m["files"] if f.endswith(".csv"))
-        lines.append(f"| [{n}]({n}/table.md) | {m['runtime_seconds']:.0f} | {m['training_seconds']['all_runs_used']:.0f} "
+        lines.append(f"| [{n}]({n}/table.md) | {m['runtime_seconds']:.0f} "
+                     f"| {m['training_seconds']['trained_by_this_experiment']:.0f} "
                      f"| [table.md]({n}/table.md) | {csvs} | {figs} | [manifest.json]({n}/manifest.json) "
                      f"| `{n}/tensorboard/` |")
     lines.append(f"\nBrowse every curve with `tensorboard --logdir {out}`.\n")

@@ -6,11 +6,23 @@ trains nothing (it then gets no run store, no training flags, and ``ctx.settings
 ``<out>/cache/`` and in memory, so ``reproduce.all`` trains every model once), computes its
 numbers and writes them with the ``ctx.write_*`` helpers; :func:`main` adds the manifest.
 
+**The honest protocol** (the default, ``--validation holdout``): the dataset's validation split
+(its ``val.txt``, else one seeded training pair per user held out) chooses everything. Every run
+is evaluated every ``eval_every`` epochs and keeps the weights of the evaluation with the best
+``val_NDCG@10`` (the epoch count is chosen on validation, within the run's epoch budget); the
+hyper-parameters of the models trained from scratch are chosen from small grids by the same
+validation score (:meth:`RunStore.select`). The test items only ever measure the selected
+models. ``--validation none`` is the original release's protocol (no validation split, the last
+epoch, the grids' first settings), labelled as such.
+
 Settings (:class:`Settings`): the full mode follows the original release's ``run.sh`` (K=64,
 ``regs [1e-1,1e-3,0]``, Adagrad ``lr [0.01,1e-4,1e-3]``, batch 512, eps 0.1, lambda 1) except
 the number of epochs, which a 2-core CPU budget caps (see ``FULL``). When a pretrained VBPR is
 used, its manifest's hyper-parameters (K, regs, learning rates, batch size) replace these for
-VBPR and AMR, so that fine-tuning continues the run that produced it.
+VBPR and AMR, so that fine-tuning continues the run that produced it. Budgets are equal where
+models are compared: AMR and "VBPR trained on" fine-tune for the same epochs from the same
+start, and MF-BPR and DUIF, trained from scratch, get as many epochs as VBPR had in all
+(pretraining plus fine-tuning; :meth:`RunStore.scratch_epochs`).
 """
 
 from __future__ import annotations
@@ -73,7 +85,17 @@ class Settings:
     # MF-BPR, trained from scratch (the original release ships no MF settings): the registry's defaults
     mf_learning_rates: tuple = _MF_DEFAULTS["learning_rates"]
     mf_regs: tuple = _MF_DEFAULTS["regs"]
-    mf_epochs: int = 100
+    mf_epochs: int | None = None  # epochs of MF-BPR and DUIF; None: VBPR's whole budget (pretrain + fine-tune)
+    # Candidate settings chosen on validation (seed seeds[0]); the first is the default without validation.
+    # MF-BPR and DUIF: (learning rates (P, Q, E), penalties); DUIF uses the P and E entries.
+    mf_grid: tuple = (((0.05, 0.05, 0.0), (1e-3, 1e-3, 0.0)), ((0.05, 0.05, 0.0), (1e-2, 1e-2, 0.0)))
+    duif_grid: tuple = (((0.05, 0.05, 0.005), (1e-3, 1e-3, 0.0)), ((0.05, 0.05, 0.05), (1e-3, 1e-3, 0.0)))
+    # MF-eALS (closed-form epochs): (w0, alpha); lambda eals_reg, eals_epochs epochs
+    eals_grid: tuple = ((16.0, 0.5), (64.0, 0.5), (256.0, 0.5), (64.0, 0.0))
+    eals_reg: float = 0.01
+    eals_epochs: int = 20
+    # the honest protocol: "holdout" (the dataset's val.txt, else a seeded holdout) or "none" (the original)
+    validation: str = "holdout"
     # schedule
     seeds: tuple = (0, 1, 2, 3, 4)
     pretrain_epochs: int = 200  # only when no pretrained VBPR is given
@@ -85,6 +107,10 @@ class Settings:
     grid_eps: tuple = (0.01, 0.1, 1.0)
     grid_adv_weight: tuple = (0.1, 1.0, 10.0)
     grid_seeds: int = 2
+    band_eps: tuple = (0.05, 0.1, 0.2, 0.5, 1.0)
+    band_seeds: int = 1  # seeds of the certified-vs-attacked band (the shared attack is the costly part)
+    band_steps: int = 50
+    band_restarts: int = 3
     protocol: str = "sampled"
 
     def model_params(self) -> dict:
@@ -97,9 +123,10 @@ FULL = Settings()
 
 #: Quick mode: a few seconds per experiment on any dataset (small K, large learning rates, few epochs).
 QUICK = Settings(embed_dim=16, regs=(1e-3, 1e-3, 0.0), learning_rates=(0.05, 0.05, 0.05), batch_size=512,
-                 mf_epochs=8, seeds=(0, 1),
-                 pretrain_epochs=12, finetune_epochs=4, eval_every=2, pgd_steps=10, grid_eps=(0.1, 1.0),
-                 grid_adv_weight=(1.0, 10.0), grid_seeds=2)
+                 seeds=(0, 1), pretrain_epochs=12, finetune_epochs=4, eval_every=2, pgd_steps=10,
+                 grid_eps=(0.1, 1.0), grid_adv_weight=(1.0, 10.0), grid_seeds=2,
+                 eals_grid=((16.0, 0.5), (64.0, 0.0)), eals_epochs=4, band_eps=(0.1, 1.0), band_steps=10,
+                 band_restarts=1)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -196,17 +223,24 @@ def paired_tests(a, b) -> dict:
 
 @dataclasses.dataclass
 class Run:
-    """One trained (or loaded) model with its evaluation history."""
+    """One trained (or loaded) model with its evaluation history.
 
-    label: str  # "AMR", "VBPR", "MF-BPR", "VBPR (pretrained)", "Popularity"
+    ``model`` holds the weights of the epoch selected on validation (``selected_epoch``; the last
+    epoch under ``--validation none``); ``epochs`` is the run's budget (epochs trained).
+    """
+
+    label: str  # "AMR", "VBPR", "MF-BPR", "MF-eALS", "DUIF", "VBPR (pretrained)", "Popularity"
     seed: int | None
     model: object
-    history: list  # [{"epoch": e, "HR@5": ...}, ...]
+    history: list  # [{"epoch": e, "val_HR@5": ..., "HR@5": ...}, ...]
     train_seconds: float
     cached: bool
     key: str | None
     params: dict
+    selected_epoch: int | None = None
+    epochs: int | None = None
     _metrics: dict | None = None
+    _val: dict | None = None
     _ranks: np.ndarray | None = None
 
     def ranks(self, ctx) -> np.ndarray:
@@ -217,23 +251,69 @@ class Run:
         return self._ranks
 
     def metrics(self, ctx) -> dict:
-        """Clean HR/NDCG@5/10/20 of the final model, from the cached :meth:`ranks` (as ``evaluate``)."""
+        """Clean test HR/NDCG@5/10/20 of the (selected) model, from the cached :meth:`ranks` (as ``evaluate``)."""
         if self._metrics is None:
             from amr_tf.evaluation import metrics_from_ranks
 
             self._metrics = metrics_from_ranks(self.ranks(ctx), KS)
         return self._metrics
 
+    def val_metrics(self, ctx) -> dict:
+        """The same metrics on the validation split (NaN without one): what every choice is made on."""
+        if self._val is None:
+            if ctx.dataset.validation_candidates is None:
+                self._val = {m: math.nan for m in METRICS}
+            else:
+                from amr_tf.evaluation import evaluate
+
+                self._val = evaluate(self.model, ctx.dataset, ks=KS, protocol=ctx.settings.protocol,
+                                     split="validation")
+        return self._val
+
     def describe(self) -> dict:
         return {"label": self.label, "seed": self.seed, "key": self.key, "train_seconds": round(self.train_seconds, 2),
-                "cached": self.cached, "params": self.params}
+                "cached": self.cached, "params": self.params, "epochs": self.epochs,
+                "selected_epoch": self.selected_epoch}
+
+
+def _set_weights(model, arrays: dict) -> None:
+    """Put ``arrays`` (from ``model.weight_arrays()``) back into the model (Keras variables or NumPy matrices)."""
+    for name, value in arrays.items():
+        target = getattr(model, name)
+        if hasattr(target, "assign"):
+            target.assign(value)
+        else:
+            target[...] = value
+
+
+def _keep_best(evaluator, model, min_epoch: int = 0):
+    """A callback that snapshots the weights at the best validation evaluation from ``min_epoch`` on.
+
+    Returns ``(callback, snapshot)``; ``snapshot["epoch"]``/``["weights"]`` are the best evaluation's
+    (by ``val_NDCG@10``, the first on ties) among those at epoch ``min_epoch`` or later; with
+    ``min_epoch = 0`` the evaluation before training (recorded by the caller) is a candidate.
+    """
+    import keras
+
+    snapshot = {"epoch": None, "weights": None, "score": -math.inf}
+
+    def consider(epoch):
+        record = evaluator.history[-1] if evaluator.history else None
+        if record is None or record["epoch"] != epoch or epoch < min_epoch or "val_NDCG@10" not in record:
+            return
+        if record["val_NDCG@10"] > snapshot["score"]:
+            snapshot.update(epoch=epoch, weights=model.weight_arrays(), score=record["val_NDCG@10"])
+
+    consider(0)
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs=None: consider(epoch + 1)), snapshot
 
 
 class RunStore:
     """Trains, caches (``cache_dir/<key>/model.{weights.h5,json}``) and hands out :class:`Run` objects.
 
     A key hashes everything that determines the trained weights: dataset fingerprint, model and
-    its hyper-parameters, epochs, seed, the initial weights' hash and the evaluation settings.
+    its hyper-parameters, epochs, seed, the initial weights' hash, the evaluation settings and
+    the selection rule.
     """
 
     def __init__(self, dataset, settings: Settings, cache_dir: Path | None, pretrained: dict, log=print):
@@ -243,17 +323,27 @@ class RunStore:
         self.memory: dict[str, Run] = {}
         self.used: dict[str, Run] = {}  # runs the current experiment asked for (reset per experiment)
         self.trained: set[str] = set()  # keys of the runs the current experiment had to train
+        self.selections: dict[str, dict] = {}  # label -> the grid a setting was chosen from (see select)
         self._pretrained: Run | None = None
+
+    @property
+    def validated(self) -> bool:
+        return self.dataset.validation_candidates is not None
+
+    @property
+    def selection_rule(self) -> str:
+        return "val_NDCG@10" if self.validated else "last"
 
     # -- generic training with cache
 
     def _train(self, label, model_name, seed, epochs, init_path=None, init_hash=None, eps=None, adv_weight=None,
-               model_params=None, learning_rates=None, regs=None) -> Run:
+               model_params=None, learning_rates=None, regs=None, extra=None, min_epoch: int = 0) -> Run:
         from amr_tf.callbacks import EvaluationCallback
         from amr_tf.checkpoints import load_checkpoint, load_pretrained, read_manifest, save_checkpoint
         from amr_tf.training import build_model, fit, set_seed
 
         s = self.settings
+        extra = dict(extra or {})
         params = {
             "label": label, "model": model_name, "seed": int(seed), "epochs": int(epochs),
             "embed_dim": (model_params or s.model_params())["embed_dim"],
@@ -261,7 +351,10 @@ class RunStore:
             "learning_rates": list(learning_rates if learning_rates is not None else s.learning_rates),
             "batch_size": s.batch_size, "eps": eps, "adv_weight": adv_weight, "init": init_hash,
             "eval_every": s.eval_every, "protocol": s.protocol, "dataset": self.dataset.fingerprint,
+            "selection": self.selection_rule, **extra,
         }
+        if min_epoch:  # only then in the key: the runs selected from epoch 0 on keep their cache entries
+            params["min_epoch"] = int(min_epoch)
         key = f"{label.lower().replace(' ', '-').replace('(', '').replace(')', '')}-s{seed}-{digest(params)}"
         if key in self.memory:
             run = self.memory[key]
@@ -273,7 +366,8 @@ class RunStore:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model, manifest = load_checkpoint(path, self.dataset, compile=False)
-                run = Run(label, seed, model, manifest["history"], float(manifest["train_seconds"]), True, key, params)
+                run = Run(label, seed, model, manifest["history"], float(manifest["train_seconds"]), True, key, params,
+                          selected_epoch=manifest.get("selected_epoch"), epochs=int(epochs))
                 self.log(f"cached: {label} seed {seed} ({key})")
                 self.memory[key] = self.used[key] = run
                 return run
@@ -282,31 +376,59 @@ class RunStore:
         set_seed(seed)
         model = build_model(model_name, self.dataset, embed_dim=params["embed_dim"], regs=params["regs"],
                             learning_rates=params["learning_rates"], eps=eps if eps is not None else 0.0,
-                            adv_weight=adv_weight if adv_weight is not None else 0.0, seed=seed)
+                            adv_weight=adv_weight if adv_weight is not None else 0.0, seed=seed, **extra)
         if init_path is not None:
             load_pretrained(model, init_path)
         evaluator = EvaluationCallback(self.dataset, every=s.eval_every, ks=KS, protocol=s.protocol, print_fn=None)
         evaluator.set_model(model)
         evaluator.evaluate_now(0)
+        keeper, best = _keep_best(evaluator, model, min_epoch=min_epoch if self.validated else 0)
         self.log(f"training {label} seed {seed}: {epochs} epochs"
-                 + (f" (eps={eps}, lambda={adv_weight})" if model_name == "AMR" else ""))
+                 + (f" (eps={eps}, lambda={adv_weight})" if model_name == "AMR" else "")
+                 + (f" {extra}" if extra else ""))
         started = time.perf_counter()
         if epochs > 0:
-            fit(model, self.dataset, epochs=epochs, batch_size=s.batch_size, seed=seed, callbacks=[evaluator],
+            fit(model, self.dataset, epochs=epochs, batch_size=s.batch_size, seed=seed, callbacks=[evaluator, keeper],
                 verbose=0)
         seconds = time.perf_counter() - started
         last = evaluator.history[-1]
-        self.log(f"  done in {seconds:.1f} s: HR@10 {last['HR@10']:.4f} NDCG@10 {last['NDCG@10']:.4f}")
+        selected = int(last["epoch"])
+        if self.validated and best["epoch"] is not None and best["epoch"] != selected:
+            _set_weights(model, best["weights"])  # the weights of the epoch chosen on validation
+            selected = int(best["epoch"])
+        chosen = next(h for h in evaluator.history if h["epoch"] == selected)
+        self.log(f"  done in {seconds:.1f} s; {self.selection_rule} chose epoch {selected}: "
+                 + (f"val NDCG@10 {chosen['val_NDCG@10']:.4f}, " if self.validated else "")
+                 + f"test HR@10 {chosen['HR@10']:.4f} NDCG@10 {chosen['NDCG@10']:.4f}")
         if path is not None:
             save_checkpoint(model, path, self.dataset, params=params, history=evaluator.history,
-                            train_seconds=seconds, key=key)
+                            train_seconds=seconds, key=key, selected_epoch=selected, selection=self.selection_rule)
             read_manifest(path)  # fail now, not at the next run, if the manifest did not round-trip
-        run = Run(label, seed, model, evaluator.history, seconds, False, key, params)
+        run = Run(label, seed, model, evaluator.history, seconds, False, key, params, selected_epoch=selected,
+                  epochs=int(epochs))
         self.memory[key] = self.used[key] = run
         self.trained.add(key)
         return run
 
     # -- the runs the experiments ask for
+
+    def pretrain_epochs(self) -> int | None:
+        """Epochs the pretrained VBPR was trained for (its budget; None when its record does not say)."""
+        info = self.pretrained_info
+        if info["source"] == "trained here":
+            return self.settings.pretrain_epochs
+        excerpt = info.get("manifest_excerpt") or {}
+        epochs = ((excerpt.get("run") or {}).get("epochs") or (excerpt.get("args") or {}).get("epoch")
+                  or (excerpt.get("params") or {}).get("epochs"))  # a CLI run's record, or a reproduce cache entry
+        return int(epochs) if isinstance(epochs, int) else None
+
+    def scratch_epochs(self) -> int:
+        """Epochs of the models trained from scratch (MF-BPR, DUIF): ``mf_epochs``, else VBPR's whole budget."""
+        s = self.settings
+        if s.mf_epochs is not None:
+            return int(s.mf_epochs)
+        pre = self.pretrain_epochs()
+        return int((pre if pre is not None else s.pretrain_epochs) + s.finetune_epochs)
 
     def pretrained(self) -> Run:
         """The VBPR that AMR starts from: the given checkpoint, or one trained here (and cached)."""
@@ -325,6 +447,7 @@ class RunStore:
                 save_checkpoint(run.model, tmp, self.dataset)
                 info["path"] = str(tmp)
             info["hash"] = weights_hash(run.model)
+            info["selected_epoch"] = run.selected_epoch
         else:
             from amr_tf.checkpoints import load_pretrained
             from amr_tf.training import build_model
@@ -335,7 +458,7 @@ class RunStore:
             load_pretrained(model, info["path"])
             info["hash"] = weights_hash(model)
             run = Run("VBPR (pretrained)", None, model, [], float(info.get("train_seconds") or 0.0), True,
-                      f"pretrained-{info['hash']}", {"path": info["path"]})
+                      f"pretrained-{info['hash']}", {"path": info["path"]}, epochs=self.pretrain_epochs())
         run.label = "VBPR (pretrained)"
         self._pretrained = run
         self.used[run.key] = run
@@ -346,9 +469,13 @@ class RunStore:
         """``"AMR"`` (adversarial fine-tuning, default eps/lambda) or ``"VBPR"`` trained on, from the pretrained VBPR.
 
         Both start from the pretrained weights with fresh Adagrad accumulators (the original's
-        ``--pretrain``) and see the same triplets for the same seed, so they pair up by seed.
+        ``--pretrain``) and see the same triplets for the same seed, so they pair up by seed;
+        each keeps the epoch chosen on validation within the same ``finetune_epochs`` budget, among
+        the fine-tuned epochs (from the first evaluation after epoch 0 on): epoch 0 is the
+        pretrained VBPR itself, its own row, and a "fine-tuned" model that was not fine-tuned would
+        make the AMR-vs-VBPR comparison compare the starting point with itself.
         """
-        pre = self.pretrained()
+        self.pretrained()
         s = self.settings
         if model_name == "AMR":
             eps = s.eps if eps is None else eps
@@ -362,12 +489,54 @@ class RunStore:
         else:
             raise AmrError(f"finetuned() takes AMR or VBPR, got {model_name!r}")
         return self._train(label, model_name, seed, s.finetune_epochs, init_path=self.pretrained_info["path"],
-                           init_hash=self.pretrained_info["hash"], eps=eps, adv_weight=adv_weight)
+                           init_hash=self.pretrained_info["hash"], eps=eps, adv_weight=adv_weight,
+                           min_epoch=1 if s.finetune_epochs > 0 else 0)
+
+    # -- models trained from scratch, with settings chosen on validation
+
+    def _scratch(self, label: str, seed: int, setting) -> Run:
+        s = self.settings
+        if label == "MF-BPR":
+            lrs, regs = setting
+            return self._train(label, "MFBPR", seed, self.scratch_epochs(), learning_rates=list(lrs), regs=regs)
+        if label == "DUIF":
+            lrs, regs = setting
+            return self._train(label, "DUIF", seed, self.scratch_epochs(), learning_rates=list(lrs), regs=regs)
+        if label == "MF-eALS":
+            c0, alpha = setting
+            return self._train(label, "EALS", seed, s.eals_epochs, learning_rates=[], regs=[],
+                               extra={"c0": float(c0), "alpha": float(alpha), "reg": float(s.eals_reg)})
+        raise AmrError(f"no scratch model {label!r}")
+
+    GRIDS = {"MF-BPR": "mf_grid", "DUIF": "duif_grid", "MF-eALS": "eals_grid"}
+
+    def select(self, label: str) -> tuple:
+        """The setting of ``label`` (``MF-BPR``, ``DUIF``, ``MF-eALS``) chosen on validation.
+
+        Every candidate of its grid (``Settings.mf_grid`` / ``duif_grid`` / ``eals_grid``) is
+        trained with the first seed and the one with the best ``val_NDCG@10`` (at its own epoch
+        chosen on validation) wins; without a validation split the first candidate is used. The
+        grid, with validation and test numbers, is kept in :attr:`selections` for the report.
+        """
+        grid = tuple(getattr(self.settings, self.GRIDS[label]))
+        if label in self.selections:
+            return self.selections[label]["chosen"]
+        seed = self.settings.seeds[0]
+        rows = []
+        for setting in grid if self.validated else grid[:1]:
+            run = self._scratch(label, seed, setting)
+            rows.append({"setting": setting, "run": run})
+        best = max(rows, key=lambda r: r["run"].val_metrics(self)["NDCG@10"]) if self.validated else rows[0]
+        self.selections[label] = {"chosen": best["setting"], "rows": rows, "seed": seed,
+                                  "rule": self.selection_rule}
+        return best["setting"]
+
+    def scratch(self, label: str, seed: int) -> Run:
+        """``label`` (MF-BPR, DUIF, MF-eALS) trained from scratch with ``seed`` and the setting chosen on validation."""
+        return self._scratch(label, seed, self.select(label))
 
     def mf(self, seed: int) -> Run:
-        s = self.settings
-        return self._train("MF-BPR", "MFBPR", seed, s.mf_epochs, learning_rates=list(s.mf_learning_rates),
-                           regs=s.mf_regs)
+        return self.scratch("MF-BPR", seed)
 
     def popularity(self) -> Run:
         from amr_tf.training import build_model
@@ -460,7 +629,7 @@ def resolve_pretrained(spec: str | None, dataset, log=print) -> dict:
         raise AmrError(f"{spec}: pretrained on dataset {manifest['dataset'].get('name')!r} ({fp[:12]}...), "
                        f"not on {dataset.name!r} ({dataset.fingerprint[:12]}...); pass --pretrained none to train one")
     excerpt = {k: manifest[k] for k in ("model", "config", "dataset", "epoch", "metrics", "command", "args",
-                                        "provenance") if k in manifest}
+                                        "provenance", "params", "selected_epoch") if k in manifest}
     train_seconds = manifest.get("train_seconds")
     run_json = path.with_name(path.name + ".run.json")  # the CLI's metrics.json, kept beside it
     if train_seconds is None and run_json.exists():
@@ -497,7 +666,8 @@ class Context:
         if shared is None:
             shared = {}
         if "dataset" not in shared:
-            shared["dataset"] = resolve_dataset(args.dataset, cnn=args.cnn)
+            shared["dataset"] = resolve_dataset(args.dataset, cnn=args.cnn,
+                                                validation=getattr(args, "validation", None) or "holdout")
         self.dataset = shared["dataset"]
         feats = self.dataset.features
         self.mean_feature_norm = float(np.linalg.norm(feats, axis=1).mean())
@@ -515,11 +685,13 @@ class Context:
                          "pretrain_epochs": args.pretrain_epochs, "mf_epochs": args.mf_epochs,
                          "protocol": args.protocol, "learning_rates": args.lr, "regs": args.regs,
                          "embed_dim": args.embed_dim, "batch_size": args.batch_size, "grid_seeds": args.grid_seeds,
-                         "eps": args.eps, "adv_weight": args.adv_weight}
+                         "eps": args.eps, "adv_weight": args.adv_weight,
+                         "validation": getattr(args, "validation", None), "band_seeds": args.band_seeds}
             for key, value in overrides.items():
                 if value is not None:
                     setattr(settings, key, value)
             settings.grid_seeds = min(settings.grid_seeds, len(settings.seeds))
+            settings.band_seeds = min(settings.band_seeds, len(settings.seeds))
             cache = None if args.no_cache else Path(args.cache) if args.cache else self.out_root / "cache"
             store = RunStore(self.dataset, settings, cache, pretrained, log=self.log)
         self.store = self.runs = store
@@ -650,6 +822,10 @@ def build_parser(name: str, description: str, trains: bool = True, add_arguments
                    help=f"built-in name or a directory in the original format (default: {DEFAULT_DATASET})")
     p.add_argument("--cnn", default=None, help="feature file f_<cnn>.npy of a dataset directory")
     p.add_argument("--out", default="results", help="results root; this experiment writes <out>/<experiment>/")
+    p.add_argument("--validation", choices=("holdout", "none"), default="holdout",
+                   help="holdout (default, the honest protocol): epochs and settings are chosen on the dataset's "
+                        "val.txt, else on one seeded training pair per user held out; none: the original protocol "
+                        "(no validation split, last epoch)")
     if add_arguments is not None:
         add_arguments(p)
     if not trains:
@@ -664,7 +840,10 @@ def build_parser(name: str, description: str, trains: bool = True, add_arguments
     p.add_argument("--eval-every", type=positive_int, default=None, help="evaluate every N epochs")
     p.add_argument("--pretrain-epochs", type=non_negative_int, default=None,
                    help="epochs of the VBPR trained here when no pretrained checkpoint is given")
-    p.add_argument("--mf-epochs", type=non_negative_int, default=None, help="MF-BPR epochs")
+    p.add_argument("--mf-epochs", type=non_negative_int, default=None,
+                   help="epochs of MF-BPR and DUIF (default: VBPR's whole budget, pretraining plus fine-tuning)")
+    p.add_argument("--band-seeds", type=positive_int, default=None,
+                   help="seeds of the certified-vs-attacked band in robustness (default 1)")
     p.add_argument("--grid-seeds", type=positive_int, default=None,
                    help="seeds per cell of the eps/lambda grid (default 2, at most --seeds)")
     p.add_argument("--lr", type=float_list(3, 0.0, strict=True), default=None,
@@ -785,12 +964,33 @@ def compare_markdown(rows: list[dict]) -> str:
     return md_table(header, body)
 
 
+QUICK_WARNING = ("> **Smoke test (quick mode): these numbers are unfit for conclusions.** Tiny embeddings, a few "
+                 "epochs and two seeds check that the pipeline runs end to end; they say nothing about the models. "
+                 "Run without `--quick` for results.\n")
+
+
+def selection_text(ctx) -> str:
+    """How epochs and settings were chosen, in one sentence."""
+    if ctx.store.validated:
+        return ("Selection: every run keeps the epoch with the best validation NDCG@10 (evaluated every "
+                f"{ctx.settings.eval_every} epochs within its budget), grids are decided on validation NDCG@10; "
+                "the test split only measures the selected models.")
+    return ("Selection: none (`--validation none`, the original protocol): the last epoch of every run and the "
+            "grids' first settings.")
+
+
 def settings_line(ctx) -> str:
     s = ctx.settings
     pre = ctx.store.pretrained_info
-    src = f"`{pre['path']}`" if pre["source"] == "given" else f"trained here ({s.pretrain_epochs} epochs)"
-    return (f"Dataset `{ctx.dataset.name}` ({ctx.dataset.num_users} users, {ctx.dataset.num_items} items, "
+    if pre["source"] == "given":
+        src = f"`{Path(pre['path']).name}` ({ctx.store.pretrain_epochs() or '?'} epochs)"
+    else:
+        src = (f"trained here ({s.pretrain_epochs} epochs"
+               + (f", epoch {pre['selected_epoch']} selected" if pre.get("selected_epoch") is not None else "") + ")")
+    text = (f"Dataset `{ctx.dataset.name}` ({ctx.dataset.num_users} users, {ctx.dataset.num_items} items, "
             f"{len(ctx.dataset.train_pairs)} training pairs, {ctx.dataset.feature_dim}-d features), "
             f"{s.protocol} protocol; {ctx.mode} mode: K={s.embed_dim}, regs={list(s.regs)}, "
             f"lr={list(s.learning_rates)}, batch {s.batch_size}, AMR eps={s.eps}, lambda={s.adv_weight}; "
-            f"pretrained VBPR: {src}; fine-tuning {s.finetune_epochs} epochs; seeds {list(s.seeds)}.")
+            f"pretrained VBPR: {src}; fine-tuning {s.finetune_epochs} epochs; seeds {list(s.seeds)}. "
+            + selection_text(ctx))
+    return (QUICK_WARNING + "\n" + text) if ctx.mode == "quick" else text

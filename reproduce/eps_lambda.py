@@ -3,7 +3,10 @@
 AMR is fine-tuned from the pretrained VBPR for every (eps, lambda) of the grid
 (``Settings.grid_eps`` x ``Settings.grid_adv_weight``, around the defaults eps = 0.1, lambda = 1) with the
 first ``Settings.grid_seeds`` seeds; lambda = 0 is VBPR trained on for the same epochs (the
-reference). Cells are clean HR@10 / NDCG@10, mean ± std over those seeds.
+reference). Cells are clean HR@10 / NDCG@10, mean ± std over those seeds, on the validation split
+and on the test split; the selected cell is the one with the best mean *validation* NDCG@10 (the
+test numbers are only reported, never used to choose). Each run keeps its epoch chosen on
+validation (:mod:`reproduce.common`).
 
 ``python -m reproduce.eps_lambda [--quick] [--dataset DIR] [--pretrained PATH] [--out DIR]``
 """
@@ -53,38 +56,57 @@ def run(ctx) -> dict:
     for seed in seeds:
         ref = ctx.runs.finetuned("VBPR", seed)
         runs.append(ref)
-        rows.append({"eps": 0.0, "adv_weight": 0.0, "seed": seed, **ref.metrics(ctx)})
+        rows.append({"eps": 0.0, "adv_weight": 0.0, "seed": seed, **ref.metrics(ctx),
+                     **{f"val_{m}": v for m, v in ref.val_metrics(ctx).items()}})
         for eps in s.grid_eps:
             for adv_weight in s.grid_adv_weight:
                 r = ctx.runs.finetuned("AMR", seed, eps=eps, adv_weight=adv_weight)
                 runs.append(r)
-                rows.append({"eps": float(eps), "adv_weight": float(adv_weight), "seed": seed, **r.metrics(ctx)})
-    agg = common.aggregate(rows, ["eps", "adv_weight"])
+                rows.append({"eps": float(eps), "adv_weight": float(adv_weight), "seed": seed, **r.metrics(ctx),
+                             **{f"val_{m}": v for m, v in r.val_metrics(ctx).items()}})
+    val_cols = [f"val_{m}" for m in common.METRICS]
+    agg = common.aggregate(rows, ["eps", "adv_weight"], metrics=common.METRICS + tuple(val_cols))
     reference = next(r for r in agg if r["adv_weight"] == 0.0)
     ref_means = {m: reference[f"{m}_mean"] for m in common.METRICS}
     metric_cols = list(common.METRICS)
-    ctx.write_csv("runs.csv", rows, ["eps", "adv_weight", "seed"] + metric_cols)
-    ctx.write_csv("results.csv", agg, ["eps", "adv_weight", "n"] + [f"{m}_{x}" for m in metric_cols for x in ("mean", "std")])
+    ctx.write_csv("runs.csv", rows, ["eps", "adv_weight", "seed"] + metric_cols + val_cols)
+    ctx.write_csv("results.csv", agg, ["eps", "adv_weight", "n"]
+                  + [f"{m}_{x}" for m in metric_cols + val_cols for x in ("mean", "std")])
 
     text = [f"# {TITLE}\n", common.settings_line(ctx) + "\n",
             f"AMR fine-tuned from the pretrained VBPR for {s.finetune_epochs} epochs per cell, seeds {seeds}; "
             "mean ± std over those seeds. Rows: eps (the adversary's per-item L2 budget, in normalised-feature "
             f"units; mean feature norm {ctx.mean_feature_norm:.3f}); columns: lambda (the adversarial loss's weight). "
             f"lambda = 0 is VBPR trained on for the same epochs.\n"]
-    for metric in HEADLINE:
-        body = []
-        for eps in s.grid_eps:
-            cells = [f"{eps:g}"]
-            for adv_weight in s.grid_adv_weight:
-                r = next(x for x in agg if x["eps"] == eps and x["adv_weight"] == adv_weight)
-                cells.append(common.fmt_ms(r[f"{metric}_mean"], r[f"{metric}_std"]))
-            body.append(cells)
-        ref_cell = common.fmt_ms(reference[f"{metric}_mean"], reference[f"{metric}_std"])
-        text += [f"\n## {metric}\n", common.md_table(["eps \\ lambda"] + [f"{v:g}" for v in s.grid_adv_weight], body),
-                 f"\nVBPR (lambda = 0): {ref_cell}\n"]
-    best = max((r for r in agg if r["adv_weight"] > 0), key=lambda r: r["NDCG@10_mean"])
-    text.append(f"\nBest cell by NDCG@10: eps = {best['eps']:g}, lambda = {best['adv_weight']:g} "
-                f"({common.fmt(best['NDCG@10_mean'])}, VBPR {common.fmt(ref_means['NDCG@10'])}).\n")
+    validated = ctx.runs.validated
+    best = max((r for r in agg if r["adv_weight"] > 0),
+               key=lambda r: r["val_NDCG@10_mean"] if validated else r["NDCG@10_mean"])
+    for split, prefix in (("validation", "val_"), ("test", "")):
+        if split == "validation" and not validated:
+            continue
+        for metric in HEADLINE:
+            key = prefix + metric
+            body = []
+            for eps in s.grid_eps:
+                cells = [f"{eps:g}"]
+                for adv_weight in s.grid_adv_weight:
+                    r = next(x for x in agg if x["eps"] == eps and x["adv_weight"] == adv_weight)
+                    mark = " **(selected)**" if r is best else ""
+                    cells.append(common.fmt_ms(r[f"{key}_mean"], r[f"{key}_std"]) + mark)
+                body.append(cells)
+            ref_cell = common.fmt_ms(reference[f"{key}_mean"], reference[f"{key}_std"])
+            text += [f"\n## {metric}, {split} split\n",
+                     common.md_table(["eps \\ lambda"] + [f"{v:g}" for v in s.grid_adv_weight], body),
+                     f"\nVBPR (lambda = 0): {ref_cell}\n"]
+    if validated:
+        text.append(f"\nSelected on validation NDCG@10: eps = {best['eps']:g}, lambda = {best['adv_weight']:g} "
+                    f"(validation {common.fmt(best['val_NDCG@10_mean'])}, VBPR {common.fmt(reference['val_NDCG@10_mean'])}; "
+                    f"its test NDCG@10 {common.fmt(best['NDCG@10_mean'])}, VBPR {common.fmt(ref_means['NDCG@10'])}).\n")
+    else:
+        text.append(f"\nNo validation split (`--validation none`): the best cell by **test** NDCG@10 is shown for "
+                    f"orientation only (chosen on the test set, not a selection): eps = {best['eps']:g}, "
+                    f"lambda = {best['adv_weight']:g} ({common.fmt(best['NDCG@10_mean'])}, VBPR "
+                    f"{common.fmt(ref_means['NDCG@10'])}).\n")
     text.append("\n![eps-lambda grid](figure.png)\n")
     ctx.write_text("table.md", "\n".join(text))
     ctx.save_figure(figure(ctx, agg, ref_means))
@@ -93,7 +115,8 @@ def run(ctx) -> dict:
         return f"{name}/seed{r.seed}"
 
     ctx.write_tensorboard(common.history_series(runs, tags=HEADLINE, name=cell))
-    return {"table": agg, "best": {"eps": best["eps"], "adv_weight": best["adv_weight"]}, "seeds": seeds}
+    return {"table": agg, "best": {"eps": best["eps"], "adv_weight": best["adv_weight"]}, "seeds": seeds,
+            "selection": "val_NDCG@10" if validated else "none (test NDCG@10 shown for orientation)"}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ PANELS = ("NDCG@10", "HR@10")
 
 def figure(ctx, agg):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, metric, letter in zip(axes, PANELS, "ab"):
@@ -41,6 +42,7 @@ def figure(ctx, agg):
             ax.fill_between(x, y - sd, y + sd, color=COLORS[model], alpha=0.15, lw=0)
         ax.set_title(f"({letter}) {ctx.dataset.name}-{metric.split('@')[0]}")
         ax.set_xlabel("Epoch#")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
@@ -56,7 +58,8 @@ def run(ctx) -> dict:
     s = ctx.settings
     runs = {m: [ctx.runs.finetuned(m, seed) for seed in s.seeds] for m in MODELS}
     rows = [{"model": m, "seed": r.seed, **h} for m in MODELS for r in runs[m] for h in r.history]
-    agg = common.aggregate(rows, ["model", "epoch"])
+    validated = all("val_NDCG@10" in r for r in rows)
+    agg = common.aggregate(rows, ["model", "epoch"], metrics=common.METRICS + (("val_NDCG@10",) if validated else ()))
     metric_cols = list(common.METRICS)
     ctx.write_csv("runs.csv", rows, ["model", "seed", "epoch"] + metric_cols)
     ctx.write_csv("results.csv", agg, ["model", "epoch", "n"] + [f"{m}_{x}" for m in metric_cols for x in ("mean", "std")])
@@ -73,12 +76,16 @@ def run(ctx) -> dict:
         body.append(cells)
     start = {m: next(x for x in agg if x["model"] == m and x["epoch"] == epochs[0]) for m in MODELS}
     end = {m: next(x for x in agg if x["model"] == m and x["epoch"] == epochs[-1]) for m in MODELS}
-    peak = {m: max((x for x in agg if x["model"] == m), key=lambda x: x["NDCG@10_mean"]) for m in MODELS}
+    # the best epoch by the validation score (the test score only reported), as every selection
+    key = "val_NDCG@10_mean" if validated else "NDCG@10_mean"
+    peak = {m: max((x for x in agg if x["model"] == m), key=lambda x: x[key]) for m in MODELS}
+    best_label = ("epoch of the best mean validation NDCG@10: its test NDCG@10" if validated
+                  else "best test NDCG@10 (no validation split; for orientation only, not a selection)")
     text = [f"# {TITLE}\n", common.settings_line(ctx) + "\n",
             f"Evaluated every {s.eval_every} epochs; mean ± std over seeds {list(s.seeds)}. Epoch 0 is the "
             "pretrained VBPR (identical for both).\n",
             common.md_table(["epoch"] + [f"{model} {metric}" for metric in PANELS[::-1] for model in MODELS], body),
-            "\n| | HR@10 start -> end | NDCG@10 start -> end | best NDCG@10 (epoch) |\n|---|---|---|---|"]
+            f"\n| | HR@10 start -> end | NDCG@10 start -> end | {best_label} (epoch) |\n|---|---|---|---|"]
     for m in MODELS:
         text.append(f"| {m} | {common.fmt(start[m]['HR@10_mean'])} -> {common.fmt(end[m]['HR@10_mean'])} | "
                     f"{common.fmt(start[m]['NDCG@10_mean'])} -> {common.fmt(end[m]['NDCG@10_mean'])} | "

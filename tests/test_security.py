@@ -532,7 +532,7 @@ def _edit_args(run: Path, dest: Path, **changes) -> Path:
     (dict(epoch=10**12), "--epoch 1000000000000 is more than 1000000"),
     (dict(lr=[-1, 0.1, 0.1]), "the stored --lr [-1, 0.1, 0.1] is invalid: every value must be finite and > 0.0"),
     (dict(batch_size="64; rm -rf /"), "the stored --batch_size '64; rm -rf /' is invalid: expected an integer"),
-    (dict(model="EVIL"), "the stored --model 'EVIL' is not one of MFBPR, VBPR, AMR, DUIF, AMR_DUIF, POP"),
+    (dict(model="EVIL"), "the stored --model 'EVIL' is not one of MFBPR, VBPR, AMR, DUIF, AMR_DUIF, EALS, POP"),
     (dict(logdir="/tmp/elsewhere"), "the run logged to /tmp/elsewhere, outside"),
 ])
 def test_resume_checks_stored_arguments_like_typed_ones(tmp_path, finished_run, capsys, changes, message):

@@ -63,7 +63,7 @@ def non_finite_weights(model, arrays: dict | None = None) -> list[str]:
     """Names of ``model``'s weight matrices that contain NaN or infinity (``arrays``: their values,
     by name, when the caller has read them already)."""
     if arrays is None:
-        arrays = {name: getattr(model, name).numpy() for name in getattr(model, "parameter_names", ())}
+        arrays = {name: np.asarray(getattr(model, name)) for name in getattr(model, "parameter_names", ())}
     return [name for name, value in arrays.items() if not np.isfinite(value).all()]
 
 

@@ -24,6 +24,12 @@ matrix-vector product with the Gram matrix.
 
 Everything is NumPy float64; :meth:`EALS.user_vectors`/:meth:`EALS.item_vectors` return float32
 tensors so that :func:`amr_tf.evaluation.evaluate` ranks an ``EALS`` like the Keras models.
+
+It is not trained by SGD, so it is not a Keras model; :func:`amr_tf.training.fit` runs its epochs
+(:meth:`EALS.fit_epoch`) with the same callbacks as the others. For the project's checkpoints it
+has ``parameter_names``, ``get_config`` and ``save_weights``/``load_weights`` in the Keras
+``.weights.h5`` layout (written and read through a small Keras holder of the two matrices), so the
+CLI's ``best``/``last`` checkpoints, ``evaluate`` and ``--resume`` treat it like the others.
 """
 
 from __future__ import annotations
@@ -56,12 +62,16 @@ class EALS:
     ``c0`` is the paper's ``w0`` (the total weight of the missing data), ``alpha`` the popularity
     exponent, ``w`` the weight of an observed entry, ``reg`` the paper's ``lambda``. The factors
     start from a normal of stddev ``init_stddev`` drawn from ``numpy.random.default_rng(seed)``.
-    The paper tunes ``w0`` and ``alpha`` per dataset; the defaults here are only a starting point
-    (the project has no validation split to choose them on yet).
+    The paper tunes ``w0`` and ``alpha`` per dataset (``reproduce.overall`` chooses them on the
+    validation split); the defaults here are only a starting point. ``seen_items`` is accepted
+    for :func:`amr_tf.training.build_model`'s interface and not used (scores only).
     """
 
+    parameter_names = ("P", "Q")
+
     def __init__(self, num_users: int, num_items: int, embed_dim: int = 64, c0: float = 1.0, alpha: float = 0.5,
-                 w: float = 1.0, reg: float = 0.01, init_stddev: float = 0.01, seed: int | None = 0):
+                 w: float = 1.0, reg: float = 0.01, init_stddev: float = 0.01, seed: int | None = 0,
+                 seen_items=None):
         for arg, value in (("num_users", num_users), ("num_items", num_items), ("embed_dim", embed_dim)):
             if int(value) <= 0:
                 raise AmrError(f"{arg} must be a positive integer, got {value}")
@@ -75,6 +85,8 @@ class EALS:
         self.P = rng.normal(scale=init_stddev, size=(self.num_users, self.embed_dim))
         self.Q = rng.normal(scale=init_stddev, size=(self.num_items, self.embed_dim))
         self.epochs_trained = 0
+        self.stop_training = False  # set by callbacks (early stopping), read by amr_tf.training.fit
+        self._cache = None  # (dataset fingerprint, users, items, c) of the last dataset trained on
 
     # ------------------------------------------------------------------ configuration
 
@@ -86,6 +98,39 @@ class EALS:
     def weight_arrays(self) -> dict:
         """The factor matrices by name (float64 copies)."""
         return {"P": self.P.copy(), "Q": self.Q.copy()}
+
+    @property
+    def variables(self) -> list:
+        """The factor matrices (their shapes size a checkpoint before it is written)."""
+        return [self.P, self.Q]
+
+    def compile(self, **_):
+        """Nothing to compile (closed-form updates, no optimiser); for the Keras models' interface."""
+
+    # ------------------------------------------------------------------ persistence (Keras weights layout)
+
+    def _holder(self):
+        """A Keras model holding copies of P and Q as its two variables (``vars/0``, ``vars/1`` in the file)."""
+        import keras
+
+        holder = keras.Model()
+        holder.P = holder.add_weight(shape=self.P.shape, dtype="float64", initializer="zeros", name="P")
+        holder.Q = holder.add_weight(shape=self.Q.shape, dtype="float64", initializer="zeros", name="Q")
+        holder.built = True
+        return holder
+
+    def save_weights(self, path) -> None:
+        holder = self._holder()
+        holder.P.assign(self.P)
+        holder.Q.assign(self.Q)
+        holder.save_weights(str(path))
+
+    def load_weights(self, path) -> None:
+        """Read P and Q from ``path`` (the caller checks the file first: ``amr_tf.checkpoints.load_weights``)."""
+        holder = self._holder()
+        holder.load_weights(str(path))
+        self.P[...] = holder.P.numpy()
+        self.Q[...] = holder.Q.numpy()
 
     # ------------------------------------------------------------------ scoring (the evaluation interface)
 
@@ -103,10 +148,16 @@ class EALS:
         if (dataset.num_users, dataset.num_items) != (self.num_users, self.num_items):
             raise AmrError(f"dataset {dataset.name!r} has {dataset.num_users} users and {dataset.num_items} items; "
                            f"the model was built for {self.num_users} and {self.num_items}")
+        key = getattr(dataset, "fingerprint", None)
+        if key is not None and self._cache is not None and self._cache[0] == key:
+            return self._cache[1:]
         m = dataset.train_matrix.tocoo()  # duplicates are collapsed: each observed entry once
         users, items = m.row.astype(np.int64), m.col.astype(np.int64)
         popularity = np.bincount(items, minlength=self.num_items)
-        return users, items, missing_weights(popularity, self.c0, self.alpha)
+        out = users, items, missing_weights(popularity, self.c0, self.alpha)
+        if key is not None:
+            self._cache = (key, *out)
+        return out
 
     def objective(self, dataset) -> float:
         """The weighted loss ``L`` (module docstring), computed from scratch (no caches)."""
@@ -126,15 +177,19 @@ class EALS:
         """
         if int(epochs) < 0:
             raise AmrError(f"epochs must be >= 0, got {epochs}")
-        users, items, c = self._pairs(dataset)
         history = []
         for _ in range(int(epochs)):
-            self._epoch(users, items, c)
-            self.epochs_trained += 1
-            history.append(self.objective(dataset))
+            history.append(self.fit_epoch(dataset))
             if callback is not None:
                 callback(self.epochs_trained, self)
         return history
+
+    def fit_epoch(self, dataset) -> float:
+        """One epoch of eALS on ``dataset``'s training pairs; returns the objective after it."""
+        users, items, c = self._pairs(dataset)
+        self._epoch(users, items, c)
+        self.epochs_trained += 1
+        return self.objective(dataset)
 
     def _epoch(self, users, items, c):
         """One pass over every coordinate: the user phase, then the item phase."""

@@ -20,7 +20,8 @@ import inspect
 from amr_tf.errors import AmrError
 
 #: Constructor arguments that are hyper-parameters (not shapes, data or Keras plumbing).
-HYPER_PARAMETERS = ("embed_dim", "regs", "learning_rates", "init_stddev", "eps", "adv_weight", "adv_type")
+HYPER_PARAMETERS = ("embed_dim", "regs", "learning_rates", "init_stddev", "eps", "adv_weight", "adv_type",
+                    "c0", "alpha", "w", "reg")  # the last four: MF-eALS's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,9 @@ MODELS = (  # simplest first: MF-BPR, VBPR (+ visual), AMR (+ adversary), then t
               description="image features only, s = p . (c E) (Geng et al. 2015)"),
     ModelSpec("AMR_DUIF", "amr_tf.models.duif:AdversarialDUIF", needs_features=True, aliases=("AMR-DUIF", "ADUIF"),
               description="DUIF trained against the feature adversary"),
+    ModelSpec("EALS", "amr_tf.models.eals:EALS", needs_features=False, aliases=("MF-EALS", "MFEALS"),
+              description="matrix factorisation by element-wise ALS on all missing data (He et al. 2016); "
+                          "trained in closed-form epochs, not SGD"),
     ModelSpec("POP", "amr_tf.models.popularity:Popularity", needs_features=False, trainable=False,
               aliases=("POPULARITY",), description="items ranked by their number of training pairs"),
 )
