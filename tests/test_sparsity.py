@@ -160,7 +160,7 @@ def test_quick_mode_end_to_end(quick):
     assert "smoke-test numbers" in (folder / "table.md").read_text()
     runs = read_csv(folder / "runs.csv")
     caps = sorted({r["cap"] for r in runs})
-    assert caps == ["1", "all"] and {r["model"] for r in runs} == set(sparsity.MODEL_NAMES)
+    assert caps == ["1", "all"] and {r["model"] for r in runs} == set(sparsity.MODEL_NAMES) | {"Popularity"}
     # the selected epoch is one that was evaluated, and never after the last
     for r in runs:
         assert int(r["best_epoch"]) % int(r["eval_every"]) == 0 and int(r["best_epoch"]) <= int(r["epochs_run"])
@@ -192,5 +192,7 @@ def test_quick_rerun_takes_every_run_from_the_cache(quick, tmp_path):
 def test_bad_flags_fail_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sparsity.main(["--quick", "--ns", "0", "--out", str(tmp_path)])
-    assert sparsity.main(["--quick", "--dataset", "synthetic", "--models", "AMR", "--out", str(tmp_path)]) == 2
-    assert "include VBPR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sparsity.main(["--quick", "--models", "VBPR,BPR", "--out", str(tmp_path)])
+    assert sparsity.main(["--quick", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
