@@ -212,7 +212,7 @@ def fixture_dir(tmp_path):
 
 def test_build_synthetic_exact(fixture_dir, tmp_path):
     out = tmp_path / "out"
-    report = build(fixture_dir, out, extract_features=fake_extractor, num_negatives=2, seed=7)
+    report = build(fixture_dir, out, validation=False, extract_features=fake_extractor, num_negatives=2, seed=7)
 
     assert sorted(p.name for p in out.iterdir()) == sorted(mlp.OUTPUT_FILES)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dirs left
@@ -259,72 +259,73 @@ def test_build_synthetic_exact(fixture_dir, tmp_path):
 
 
 def test_build_synthetic_is_byte_identical_and_seeded(fixture_dir, tmp_path):
-    a = build(fixture_dir, tmp_path / "a", extract_features=fake_extractor, num_negatives=2, seed=1)
-    build(fixture_dir, tmp_path / "b", extract_features=fake_extractor, num_negatives=2, seed=1)
+    a = build(fixture_dir, tmp_path / "a", validation=False, extract_features=fake_extractor, num_negatives=2, seed=1)
+    build(fixture_dir, tmp_path / "b", validation=False, extract_features=fake_extractor, num_negatives=2, seed=1)
     assert read_dir(tmp_path / "a") == read_dir(tmp_path / "b")
     # rebuilding in place replaces the old build and gives the same bytes
     before = read_dir(a.out_dir)
-    build(fixture_dir, a.out_dir, extract_features=fake_extractor, num_negatives=2, seed=1)
+    build(fixture_dir, a.out_dir, validation=False, extract_features=fake_extractor, num_negatives=2, seed=1)
     assert read_dir(a.out_dir) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "shared"]
 
 
 def test_negatives_max_and_too_many(fixture_dir, tmp_path):
-    report = build(fixture_dir, tmp_path / "max", extract_features=fake_extractor, num_negatives=None)
+    report = build(fixture_dir, tmp_path / "max", validation=False, extract_features=fake_extractor, num_negatives=None)
     assert report.num_negatives == report.max_negatives == 2
     with pytest.raises(DataError, match=r"cannot sample 3 negatives per user.*num_negatives <= 2"):
-        build(fixture_dir, tmp_path / "three", extract_features=fake_extractor, num_negatives=3)
+        build(fixture_dir, tmp_path / "three", validation=False, extract_features=fake_extractor, num_negatives=3)
     assert not (tmp_path / "three").exists()
 
 
 def test_failed_build_leaves_previous_build_untouched(fixture_dir, tmp_path):
     out = tmp_path / "out"
-    build(fixture_dir, out, extract_features=fake_extractor, num_negatives=2)
+    build(fixture_dir, out, validation=False, extract_features=fake_extractor, num_negatives=2)
     before = read_dir(out)
 
     def broken(paths, batch_size=32, progress=True):
         raise RuntimeError("CNN crashed")
 
     with pytest.raises(RuntimeError, match="CNN crashed"):
-        build(fixture_dir, out, extract_features=broken, num_negatives=2)
+        build(fixture_dir, out, extract_features=broken, num_negatives=2, validation=False)
     with pytest.raises(AmrError, match=r"returned shape \(6, 0\)"):
-        build(fixture_dir, out, extract_features=lambda p, **k: np.zeros((len(p), 0)), num_negatives=2)
+        build(fixture_dir, out, extract_features=lambda p, **k: np.zeros((len(p), 0)), num_negatives=2, validation=False)
     with pytest.raises(AmrError, match="overflow float16"):
-        build(fixture_dir, out, extract_features=lambda p, **k: np.full((len(p), 3), 1e6), num_negatives=2)
+        build(fixture_dir, out, extract_features=lambda p, **k: np.full((len(p), 3), 1e6), num_negatives=2, validation=False)
     assert read_dir(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "shared"]
 
 
 def test_build_rejects_bad_arguments(fixture_dir, tmp_path):
     with pytest.raises(AmrError, match="min_positives must be at least 2"):
-        build(fixture_dir, tmp_path / "o", extract_features=fake_extractor, min_positives=1)
+        build(fixture_dir, tmp_path / "o", validation=False, extract_features=fake_extractor, min_positives=1)
     with pytest.raises(AmrError, match="num_negatives must be at least 1"):
-        build(fixture_dir, tmp_path / "o", extract_features=fake_extractor, num_negatives=0)
+        build(fixture_dir, tmp_path / "o", validation=False, extract_features=fake_extractor, num_negatives=0)
     with pytest.raises(DataError, match="shared data folder not found"):
         build(tmp_path / "nowhere", tmp_path / "o", extract_features=fake_extractor)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     with pytest.raises(AmrError, match="refusing to replace"):
-        build(fixture_dir, foreign, extract_features=fake_extractor, num_negatives=2)
+        build(fixture_dir, foreign, validation=False, extract_features=fake_extractor, num_negatives=2)
     assert (foreign / "thesis.tex").read_text() == "precious"
     with open(fixture_dir / "ml-100k" / "u.data", "a") as fh:
         fh.write("10\t99\t5\t1\n")
     with pytest.raises(DataError, match="movie id 99 is not in u.item"):
-        build(fixture_dir, tmp_path / "o", extract_features=fake_extractor, num_negatives=2)
+        build(fixture_dir, tmp_path / "o", validation=False, extract_features=fake_extractor, num_negatives=2)
 
 
 def test_min_positives_filter(fixture_dir, tmp_path):
     # Only users 10 and 20 have 3 positives; their positives cover 4 items, all of which user 20
     # rated, so no negative is left for user 20 and the builder says so.
     with pytest.raises(DataError, match=r"user 1 \(MovieLens-100K user 20\) rated all but 0 of the 4 items"):
-        build(fixture_dir, tmp_path / "o", extract_features=fake_extractor, num_negatives=1, min_positives=3)
+        build(fixture_dir, tmp_path / "o", validation=False, extract_features=fake_extractor, num_negatives=1, min_positives=3)
 
 
 def test_cli(fixture_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mlp, "_default_extractor", fake_extractor)
     out = tmp_path / "cli"
-    args = ["--shared", str(fixture_dir), "--out", str(out), "--negatives", "max", "--seed", "3", "--no-progress"]
+    args = ["--shared", str(fixture_dir), "--out", str(out), "--negatives", "max", "--seed", "3", "--no-progress",
+            "--no-validation"]
     assert cli.main(args) == 0
     assert "3 users, 6 items, 5 training pairs, 2 negatives per user" in capsys.readouterr().out
     assert cli.main(["--shared", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
@@ -333,7 +334,7 @@ def test_cli(fixture_dir, tmp_path, monkeypatch, capsys):
 
 def test_output_loads_with_project_loader(fixture_dir, tmp_path):
     dataset = pytest.importorskip("amr_tf.data.dataset")
-    build(fixture_dir, tmp_path / "o", extract_features=fake_extractor, num_negatives=2)
+    build(fixture_dir, tmp_path / "o", validation=False, extract_features=fake_extractor, num_negatives=2)
     ds = dataset.load_amr_dir(tmp_path / "o", cnn="effnet")
     assert (ds.num_users, ds.num_items, ds.feature_dim) == (3, 6, FAKE_DIM)
 
@@ -372,13 +373,17 @@ def test_real_build_counts_and_invariants(real_build):
     assert 50_000 <= r.positive_interactions <= 57_000
     assert r.ml100k_users == 943
     assert 930 <= r.num_users <= 943 and 1250 <= r.num_items <= 1400
-    assert r.train_pairs + r.test_pairs == r.positive_interactions - r.positives_removed
+    assert r.validation_pairs == r.num_users and r.min_positives == 3
+    assert r.train_pairs + r.test_pairs + r.validation_pairs == r.positive_interactions - r.positives_removed
     out = r.out_dir
     neg = np.loadtxt(out / "neg.txt", dtype=np.int64, ndmin=2)
-    assert neg.shape == (r.num_users, 1 + r.num_negatives)
+    val = np.loadtxt(out / "val.txt", dtype=np.int64, ndmin=2)
+    assert neg.shape == val.shape == (r.num_users, 1 + r.num_negatives)
     pos = np.loadtxt(out / "pos.txt", dtype=np.int64, ndmin=2)
     assert np.all(np.diff(pos[:, 0] * r.num_items + pos[:, 1]) > 0)  # sorted, no duplicates
-    assert set(np.unique(np.concatenate([pos[:, 1], neg[:, 0]])).tolist()) == set(range(r.num_items))
+    assert set(np.unique(np.concatenate([pos[:, 1], neg[:, 0], val[:, 0]])).tolist()) == set(range(r.num_items))
+    held = set(zip(range(r.num_users), val[:, 0].tolist())) | set(zip(range(r.num_users), neg[:, 0].tolist()))
+    assert len(held) == 2 * r.num_users and not held & set(map(tuple, pos.tolist()))
 
     # check against the raw ratings: negatives never rated, test item is the user's latest positive
     items = [line.split("\t") for line in (out / "items.tsv").read_text(encoding="utf-8").splitlines()[1:]]
@@ -396,14 +401,17 @@ def test_real_build_counts_and_invariants(real_build):
         if nu >= 0 and ni >= 0:
             rated[nu, ni] = True
             last_rating[(nu, ni)] = max(last_rating.get((nu, ni), (ts, rating)), (ts, rating))
-    latest_positive: dict[int, tuple[int, int]] = {}  # user -> (ts, item) of the latest positive
+    positives: dict[int, list[tuple[int, int]]] = {}  # user -> (ts, item) of each positive
     for (nu, ni), (ts, rating) in last_rating.items():
         if rating >= 4:
-            latest_positive[nu] = max(latest_positive.get(nu, (ts, ni)), (ts, ni))
-    assert [latest_positive[u][1] for u in range(r.num_users)] == neg[:, 0].tolist()
-    assert not rated[np.arange(r.num_users)[:, None], neg[:, 1:]].any()
-    assert np.all(np.sort(neg[:, 1:], axis=1) == neg[:, 1:])
-    assert all(len(set(row)) == len(row) for row in neg.tolist())
+            positives.setdefault(nu, []).append((ts, ni))
+    by_time = {u: sorted(p) for u, p in positives.items()}
+    assert [by_time[u][-1][1] for u in range(r.num_users)] == neg[:, 0].tolist()  # latest: test
+    assert [by_time[u][-2][1] for u in range(r.num_users)] == val[:, 0].tolist()  # second latest: validation
+    for rows in (neg, val):
+        assert not rated[np.arange(r.num_users)[:, None], rows[:, 1:]].any()
+        assert np.all(np.sort(rows[:, 1:], axis=1) == rows[:, 1:])
+        assert all(len(set(row)) == len(row) for row in rows.tolist())
     assert np.load(out / "f_effnet.npy").shape == (r.num_items, FAKE_DIM)
 
 
@@ -431,28 +439,83 @@ def test_rebuild_reproduces_the_shipped_files(tmp_path):
     assert read_dir(tmp_path / "rebuilt") == read_dir(SHIPPED)
 
 
+# The previous release (commit 69e2624) shipped no val.txt: its pos.txt held the validation pairs
+# too. Its pos.txt's SHA-256, and the fingerprint of the dataset it gave (recorded by the
+# checkpoints trained on it), are constants of that release.
+PREVIOUS_POS_SHA256 = "c738e9dccd53c5cb19e2bb5e20e08c79ffd37381f57844607d9d815b71bbc5ee"
+PREVIOUS_FINGERPRINT = "24bd752b79a63e040db5dca898b257af4340e760ebc708e228a11f1f2fd6cfbb"
+
+
+def test_validation_none_gives_the_previous_release():
+    """``--validation none`` on the shipped dataset is the original protocol of the previous
+    release: the validation positives back in training, in pos.txt's order (same bytes when
+    written, same fingerprint, so the old checkpoints' numbers are unchanged)."""
+    ds = mlp_load(SHIPPED, validation="none")
+    assert ds.validation == "none" and ds.validation_candidates is None
+    assert ds.fingerprint == PREVIOUS_FINGERPRINT
+    with_val = mlp_load(SHIPPED)
+    assert with_val.validation == "val.txt" and with_val.fingerprint != PREVIOUS_FINGERPRINT
+    assert len(ds.train_pairs) == len(with_val.train_pairs) + len(with_val.validation_candidates)
+    np.testing.assert_array_equal(ds.test_candidates, with_val.test_candidates)
+
+
+def test_validation_none_writes_the_previous_pos_txt(tmp_path):
+    from amr_tf.data.dataset import write_split
+
+    write_split(tmp_path, mlp_load(SHIPPED, validation="none").train_pairs, np.zeros((1, 2), dtype=np.int64))
+    assert hashlib.sha256((tmp_path / "pos.txt").read_bytes()).hexdigest() == PREVIOUS_POS_SHA256
+
+
 @needs_shared
-def test_opt_in_validation_item(tmp_path):
-    report = build(SHARED_DATA, tmp_path / "v", extract_features=fake_extractor, validation=True)
+def test_rebuild_without_validation_is_the_previous_release(tmp_path):
+    """``--no-validation`` (features reused from the shipped build) writes the previous release's
+    pos.txt, and the same neg.txt, features and ids as the shipped build."""
+    report = build(SHARED_DATA, tmp_path / "old", validation=False, reuse_features=SHIPPED)
     out = report.out_dir
-    assert report.validation_pairs == report.num_users and report.min_positives == 3
-    assert (out / "neg.txt").read_bytes() == (SHIPPED / "neg.txt").read_bytes()  # every user had 3 positives
-    ds = mlp_load(out)
-    assert ds.validation == "val.txt" and ds.validation_candidates.shape == (report.num_users, 1 + report.num_negatives)
+    assert report.validation_pairs == 0 and not (out / "val.txt").exists()
+    assert hashlib.sha256((out / "pos.txt").read_bytes()).hexdigest() == PREVIOUS_POS_SHA256
+    for name in ("neg.txt", mlp.FEATURE_FILE, "items.tsv", "users.tsv"):
+        assert (out / name).read_bytes() == (SHIPPED / name).read_bytes(), name
+    assert mlp_load(out).fingerprint == PREVIOUS_FINGERPRINT
+
+
+@needs_shared
+def test_rebuild_with_reused_features(tmp_path):
+    """``reuse_features`` (no CNN) rebuilds every shipped file, val.txt and the card included;
+    features of another item list are refused."""
+    build(SHARED_DATA, tmp_path / "again", reuse_features=SHIPPED)
+    assert read_dir(tmp_path / "again") == read_dir(SHIPPED)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("f_effnet.npy", "stats.json"):
+        (other / name).write_bytes((SHIPPED / name).read_bytes())
+    (other / "items.tsv").write_text((SHIPPED / "items.tsv").read_text(encoding="utf-8")[:-40], encoding="utf-8")
+    with pytest.raises(DataError, match=r"items.tsv: lists other items than this build"):
+        build(SHARED_DATA, tmp_path / "o", reuse_features=other)
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_validation_rows():
+    """The shipped val.txt: one row per user, the positive not a training pair nor the test item,
+    negatives distinct, sorted, never a training item nor the test item; counts as the card says."""
+    ds = mlp_load(SHIPPED)
+    val, test = ds.validation_candidates, ds.test_candidates
+    users = np.arange(ds.num_users)
+    assert val.shape == test.shape == (942, 501) and (ds.num_items, len(ds.train_pairs)) == (1325, 53113)
+    np.testing.assert_array_equal(ds.validation_users, users)
     train = ds.train_matrix.toarray() > 0
-    users = np.arange(report.num_users)
-    assert not train[users, ds.validation_candidates[:, 0]].any()
-    assert len(ds.train_pairs) == report.train_pairs
-    shipped_pairs = {tuple(p) for p in np.loadtxt(SHIPPED / "pos.txt", dtype=np.int64).tolist()}
-    # the validation item was a training pair of the default build: the second latest positive
-    assert all((u, int(v)) in shipped_pairs for u, v in zip(users, ds.validation_candidates[:, 0]))
-    assert {tuple(p) for p in ds.train_pairs.tolist()} | {(u, int(v)) for u, v in zip(users, ds.validation_candidates[:, 0])} == shipped_pairs
-    card = (out / "README.md").read_text(encoding="utf-8")
-    assert "--validation" in card and report.files["val.txt"]["sha256"] in card
-    assert json.loads((out / "stats.json").read_text())["validation_pairs"] == report.num_users
+    assert not train[users, val[:, 0]].any() and not (val[:, 0] == test[:, 0]).any()
+    assert not train[users[:, None], val[:, 1:]].any()
+    assert not (val[:, 1:] == test[:, :1]).any() and not (test[:, 1:] == val[:, :1]).any()
+    assert np.all(np.diff(val[:, 1:], axis=1) > 0)
+    card = (SHIPPED / "README.md").read_text(encoding="utf-8")
+    assert "| validation pairs (one per user, `val.txt`) | 942 |" in card
+    assert "| validation negatives (`val.txt`, 500 per row) | 471,000 |" in card
+    stats = json.loads((SHIPPED / "stats.json").read_text())
+    assert stats["validation_pairs"] == 942 and stats["train_pairs"] == 53113
 
 
-def mlp_load(path):
+def mlp_load(path, validation="auto"):
     from amr_tf.data import load_amr_dir
 
-    return load_amr_dir(path, cnn="effnet")
+    return load_amr_dir(path, cnn="effnet", validation=validation)

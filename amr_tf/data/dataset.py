@@ -11,8 +11,8 @@ Directory format (one directory per dataset, as in the original AMR release):
 * ``f_<cnn>.npy`` -- item image features, row i = item i.
 
 Which validation split a loaded dataset has is its ``validation`` label: ``"none"`` (the original
-protocol), ``"val.txt"``, or ``"holdout(seed=S)"`` (carved from ``pos.txt`` at load time, see
-:mod:`amr_tf.data.validation`). The label and the validation rows enter the fingerprint, so runs on
+protocol; a ``val.txt``'s positives are then folded back into the training pairs), ``"val.txt"``,
+or ``"holdout(seed=S)"`` (carved from ``pos.txt`` at load time, see :mod:`amr_tf.data.validation`). The label and the validation rows enter the fingerprint, so runs on
 different splits never compare as the same dataset.
 """
 
@@ -204,7 +204,7 @@ def open_input(path, missing: str, expected: str, mode: str = "rb", **kwargs):
     return io.TextIOWrapper(fh, **kwargs)
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
     """``np.load(path, allow_pickle=False)`` with a ``DataError`` for every way the file can be bad.
 
     The header is checked against the file size before any data is read, so a truncated file
@@ -251,7 +251,7 @@ def _read_npy(path: Path) -> np.ndarray:
 def load_features(path: str | os.PathLike) -> np.ndarray:
     """Load an item-feature ``.npy``, validate it and divide by the global max |value| (as the original)."""
     path = Path(path)
-    raw = _read_npy(path)
+    raw = read_npy(path)
     if raw.dtype.kind not in "fiu":
         raise DataError(
             f"{path}: features must be a numeric (float or int) array, got dtype {raw.dtype}"
@@ -286,7 +286,9 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
     """Load and validate a dataset in the original release's directory format.
 
     ``validation``: ``"auto"`` reads ``val.txt`` when the directory has one (else no validation
-    split); ``"none"`` ignores any ``val.txt`` (the original protocol); ``"holdout"`` reads
+    split); ``"none"`` is the original protocol: a ``val.txt``'s positives are training pairs
+    again (:func:`fold_validation`), so the training pairs are those of the same build without
+    ``val.txt``; ``"holdout"`` reads
     ``val.txt`` if present, else carves one validation pair per user out of ``pos.txt`` with
     :func:`amr_tf.data.validation.carve_holdout` (``holdout_seed``).
 
@@ -318,7 +320,7 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
         )
     val_path = root / "val.txt"
     val = None
-    if validation != "none" and val_path.is_file():
+    if val_path.is_file():  # read under "none" too: its positives go back into training
         val, val_lines = _read_int_table(val_path, expected_cols=None,
                                          what="one row per user: the validation item, then its negative candidates")
         if val.shape[1] < 2:
@@ -365,14 +367,39 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
     _warn_candidates_in_train(ds, neg_path, neg_lines)
     if val is not None:
         _check_validation(ds, val, val_path, val_lines)
-        ds.validation_candidates, ds.validation_users = val, np.arange(len(val), dtype=np.int64)
-        ds.validation = "val.txt"
         ds.source_files += (val_path.name,)
+        if validation == "none":
+            ds.train_pairs = fold_validation(pairs, val)
+        else:
+            ds.validation_candidates, ds.validation_users = val, np.arange(len(val), dtype=np.int64)
+            ds.validation = "val.txt"
     elif validation == "holdout":
         from amr_tf.data.validation import carve_holdout  # a module of its own: one job
 
         ds = carve_holdout(ds, seed=holdout_seed)
     return ds
+
+
+def fold_validation(pairs: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """The training pairs of the original protocol: ``pairs`` (``pos.txt``) with the validation
+    positives of ``val`` (row u = user u) put back.
+
+    When ``pos.txt`` is sorted by user then item (every builder of :mod:`amr_tf.datasets` writes it
+    so) the pairs are merged into that order, so a directory built with ``val.txt`` gives, under
+    ``validation="none"``, exactly the arrays (and fingerprint) of the same build without it;
+    otherwise they are appended after ``pos.txt``'s lines.
+    """
+    held = np.stack([np.arange(len(val), dtype=np.int64), val[:, 0]], axis=1)
+    merged = np.concatenate([pairs, held])
+    if _rows_sorted(pairs):
+        merged = merged[np.lexsort((merged[:, 1], merged[:, 0]))]
+    return merged
+
+
+def _rows_sorted(pairs: np.ndarray) -> bool:
+    """Whether ``pairs`` is sorted by user, then item."""
+    same_user = pairs[1:, 0] == pairs[:-1, 0]
+    return bool(np.all(np.diff(pairs[:, 0]) >= 0) and np.all(pairs[1:, 1][same_user] >= pairs[:-1, 1][same_user]))
 
 
 def _check_validation(ds: AmrDataset, val: np.ndarray, val_path: Path, val_lines) -> None:

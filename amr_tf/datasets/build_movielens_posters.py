@@ -1,7 +1,7 @@
 """Build the MovieLens-100K poster dataset: ``python -m amr_tf.datasets.build_movielens_posters``.
 
 Reads ``ml-100k/``, ``ml-1m/`` and ``ml1m-posters/`` from ``--shared`` and writes the AMR
-directory format (``pos.txt``, ``neg.txt``, ``f_effnet.npy``, ``items.tsv``, ``users.tsv``,
+directory format (``pos.txt``, ``neg.txt``, ``val.txt``, ``f_effnet.npy``, ``items.tsv``, ``users.tsv``,
 ``stats.json``, ``README.md``) to ``--out``. See :mod:`amr_tf.datasets.movielens_posters`.
 """
 
@@ -17,6 +17,7 @@ from amr_tf.datasets.movielens_posters import (
     DEFAULT_NUM_NEGATIVES,
     DEFAULT_OUT_DIR,
     DEFAULT_SEED,
+    DEFAULT_VALIDATION,
     build,
     default_shared_data_dir,
 )
@@ -43,9 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-positives", type=int, default=DEFAULT_MIN_POSITIVES,
                         help=f"drop users with fewer positives (>= 2; default: {DEFAULT_MIN_POSITIVES})")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="CNN batch size (default: 32)")
-    parser.add_argument("--validation", action="store_true",
-                        help="also hold out each user's second latest positive as the validation item (val.txt); "
-                             "users then need 3 positives. Off by default: the shipped dataset has no val.txt")
+    parser.add_argument("--validation", action=argparse.BooleanOptionalAction, default=DEFAULT_VALIDATION,
+                        help="hold out each user's second latest positive as the validation item (val.txt); "
+                             "users then need 3 positives. On by default, as shipped; --no-validation writes the "
+                             "previous release's files")
+    parser.add_argument("--reuse-features", type=Path, default=None, metavar="DIR",
+                        help="copy f_effnet.npy from the earlier build in DIR (e.g. the shipped folder) instead of "
+                             "running the CNN; refused unless DIR/items.tsv is this build's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during feature extraction")
     args = parser.parse_args(argv)
     if args.shared is None:
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build(
             args.shared, args.out, num_negatives=args.negatives, seed=args.seed, min_positives=args.min_positives,
             batch_size=args.batch_size, progress=not args.no_progress,
-            validation=args.validation, log=lambda msg: print(msg, flush=True),
+            validation=args.validation, reuse_features=args.reuse_features, log=lambda msg: print(msg, flush=True),
         )
     except AmrError as exc:
         print(f"error: {exc}", file=sys.stderr)

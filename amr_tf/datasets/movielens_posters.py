@@ -6,7 +6,7 @@ Two parts:
   (``movies.dat``), because the poster collection (``ml1m-posters/images/<ml-1m id>.jpg``) is keyed
   by MovieLens-1M ids;
 * a **builder** that turns the ratings into an implicit-feedback leave-one-out split and writes
-  ``pos.txt``, ``neg.txt``, ``f_effnet.npy``, ``items.tsv``, ``users.tsv``, ``stats.json`` and a
+  ``pos.txt``, ``neg.txt``, ``val.txt``, ``f_effnet.npy``, ``items.tsv``, ``users.tsv``, ``stats.json`` and a
   dataset card ``README.md``.
 
 Matching rules (see :func:`title_key` and :class:`TitleMatcher`)
@@ -84,15 +84,18 @@ ARTICLES: tuple[str, ...] = ("the", "a", "an", "la", "le", "les", "il", "l'", "d
 DEFAULT_SEED = 20190101
 #: Negatives sampled per user in ``neg.txt`` (see the dataset card for why 500).
 DEFAULT_NUM_NEGATIVES = 500
-#: A user needs two positives: one held out as the test item, at least one left to train on.
+#: A user needs two positives: one held out as the test item, at least one left to train on (the
+#: validation item raises this to three, see :class:`~amr_tf.datasets.protocol.Protocol`).
 DEFAULT_MIN_POSITIVES = 2
+#: The shipped dataset holds out each user's second latest positive as the validation item.
+DEFAULT_VALIDATION = True
 #: Ratings at or above this value are implicit positives.
 POSITIVE_THRESHOLD = 4
 FEATURE_FILE = "f_effnet.npy"
 #: Every file the default build writes, in the order the card lists them.
 DATA_FILES: tuple[str, ...] = ("pos.txt", "neg.txt", FEATURE_FILE, "items.tsv", "users.tsv", "stats.json")
 OUTPUT_FILES: tuple[str, ...] = DATA_FILES + ("README.md",)
-#: Written too by ``build(validation=True)``, listed after ``neg.txt``.
+#: Written by ``build(validation=True)`` (the default), listed after ``neg.txt``.
 VAL_FILE = "val.txt"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -566,6 +569,39 @@ def _features(extractor: FeatureExtractor, paths: list[str], batch_size: int, pr
     return to_float16(feats, "feature extractor")
 
 
+def _items_tsv(split, ml100k: Mapping[int, str], ml1m_of: Mapping[int, int]) -> str:
+    """``items.tsv``: new item id, MovieLens-100K id, MovieLens-1M id (the poster's name), title."""
+    lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
+    for n, o in enumerate(split.item_keys.tolist()):
+        title = ml100k[o].replace("\t", " ")
+        lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
+    return "".join(lines)
+
+
+def _reused_features(folder: Path, items_tsv: str) -> tuple[np.ndarray, dict]:
+    """``folder``'s ``f_effnet.npy`` (float16, one row per item) and its ``stats.json``, refused
+    unless ``folder/items.tsv`` is ``items_tsv`` (features are per poster, in item order)."""
+    from amr_tf.data.dataset import read_npy
+    from amr_tf.safe_io import read_bytes, read_json
+
+    items = folder / "items.tsv"
+    old = read_bytes(items, "an items.tsv", DataError, missing=f"{items}: not found (--reuse-features needs "
+                     "the folder of an earlier build)")
+    if old != items_tsv.encode("utf-8"):
+        raise DataError(f"{items}: lists other items than this build; its features cannot be reused "
+                        "(build without --reuse-features to run the CNN)")
+    stats = read_json(folder / "stats.json", "stats.json", DataError)
+    reused = {key: stats.get(key) for key in ("feature_description", "batch_size")}
+    if not isinstance(reused["feature_description"], str) or not isinstance(reused["batch_size"], int):
+        raise DataError(f"{folder / 'stats.json'}: no feature_description/batch_size to carry over")
+    feats = read_npy(folder / FEATURE_FILE)
+    rows = items_tsv.count("\n") - 1
+    if feats.dtype != np.float16 or feats.ndim != 2 or feats.shape[0] != rows:
+        raise DataError(f"{folder / FEATURE_FILE}: {feats.dtype} array of shape {feats.shape}; expected float16 "
+                        f"with {rows} rows (one per item)")
+    return feats, reused
+
+
 def _write(out_dir: Path, report: BuildReport, split, feats16: np.ndarray, ml100k: Mapping[int, str],
            ml1m_of: Mapping[int, int], canonical: Mapping[int, int]) -> None:
     """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename; fills
@@ -573,11 +609,7 @@ def _write(out_dir: Path, report: BuildReport, split, feats16: np.ndarray, ml100
     with staging(out_dir, OUTPUT_FILES + (VAL_FILE,)) as tmp_dir:
         write_split(tmp_dir, split.train, split.test_rows, split.val_rows)
         atomic_write_npy(tmp_dir / FEATURE_FILE, feats16)
-        item_lines = ["item\tml100k_id\tml1m_id\ttitle\n"]
-        for n, o in enumerate(split.item_keys.tolist()):
-            title = ml100k[o].replace("\t", " ")
-            item_lines.append(f"{n}\t{o}\t{ml1m_of[o]}\t{title}\n")
-        atomic_write_text(tmp_dir / "items.tsv", "".join(item_lines))
+        atomic_write_text(tmp_dir / "items.tsv", _items_tsv(split, ml100k, ml1m_of))
         atomic_write_text(tmp_dir / "users.tsv", "user\tml100k_id\n" + "".join(
             f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())))
         atomic_write_text(tmp_dir / "stats.json", json.dumps(report.stats(), indent=2, sort_keys=True) + "\n")
@@ -598,7 +630,8 @@ def build(
     progress: bool = False,
     feature_description: str | None = None,
     log: Callable[[str], None] | None = None,
-    validation: bool = False,
+    validation: bool = DEFAULT_VALIDATION,
+    reuse_features: Path | str | None = None,
 ) -> BuildReport:
     """Build the MovieLens-100K poster dataset from ``shared_data_dir`` into ``out_dir``.
 
@@ -616,14 +649,20 @@ def build(
        removed; ids renumbered 0.. by MovieLens-100K id; leave-one-out by time (ties: the larger
        item id), with ``validation=True`` also the second latest positive as the validation item
        (``val.txt``; users then need 3 positives); ``num_negatives`` never-rated items per row
-       from ``numpy.random.default_rng(seed)`` (``None``: the largest count every user can supply);
+       from ``numpy.random.default_rng(seed)`` (``None``: the largest count every user can supply),
+       the test rows first, so the test candidates do not depend on ``validation``;
     5. features: ``extract_features(paths, batch_size=..., progress=...)`` on the posters in item
-       order, stored as float16 in ``f_effnet.npy``;
+       order, stored as float16 in ``f_effnet.npy``; or, with ``reuse_features`` (the folder of an
+       earlier build, e.g. the shipped one), that build's ``f_effnet.npy`` bytes, after checking
+       that its ``items.tsv`` is this build's (same items, same order, so same posters); its
+       ``stats.json`` then supplies the feature description and CNN batch size;
     6. write everything (id files through :func:`amr_tf.data.dataset.write_split`) into a
        temporary directory beside ``out_dir`` and move it into place at the end, so an interrupted
        build leaves any previous build untouched.
 
-    The default output (``validation=False``) is the shipped ``amr_tf/datasets/data/movielens_posters``.
+    The default output is the shipped ``amr_tf/datasets/data/movielens_posters``;
+    ``validation=False`` gives the previous release's files (no ``val.txt``; its ``pos.txt`` is
+    this one's plus the validation pairs).
     """
     shared = Path(shared_data_dir)
     out_dir = Path(out_dir)
@@ -658,9 +697,14 @@ def build(
     c = split.counts
 
     ml1m_of = {mid: with_poster[mid] for mid in canonical}
-    paths = [str(shared / "ml1m-posters" / "images" / f"{ml1m_of[int(o)]}.jpg") for o in split.item_keys]
-    say(f"extracting features from {len(paths)} posters")
-    feats16 = _features(extractor, paths, batch_size, progress)
+    if reuse_features is not None:
+        feats16, reused = _reused_features(Path(reuse_features), _items_tsv(split, ml100k, ml1m_of))
+        feature_description, batch_size = reused["feature_description"], reused["batch_size"]
+        say(f"reusing the poster features of {reuse_features}")
+    else:
+        paths = [str(shared / "ml1m-posters" / "images" / f"{ml1m_of[int(o)]}.jpg") for o in split.item_keys]
+        say(f"extracting features from {len(paths)} posters")
+        feats16 = _features(extractor, paths, batch_size, progress)
 
     report = BuildReport(
         out_dir=out_dir,
@@ -731,14 +775,33 @@ def _dataset_card(report: BuildReport, merged: Sequence[tuple[int, int]], titles
         for name, info in rp.files.items()
     )
     density = rp.train_pairs / (rp.num_users * rp.num_items)
-    # Validation (opt-in) adds text only when present: the default card is the shipped one.
+    # The validation split (the default) adds text only when present: a build without it writes
+    # the previous release's card.
     val = rp.validation_pairs > 0
-    val_row = f"| validation pairs (one per user, `val.txt`) | {rp.validation_pairs:,} |\n" if val else ""
+    val_row = (f"| validation pairs (one per user, `val.txt`) | {rp.validation_pairs:,} |\n"
+               f"| validation negatives (`val.txt`, {rp.num_negatives} per row) | "
+               f"{rp.validation_pairs * rp.num_negatives:,} |\n") if val else ""
+    neg_row = "negatives per row (`neg.txt`, `val.txt`)" if val else "negatives per user (`neg.txt`)"
+    cold_row = "held-out only" if val else "test only"
     val_held = " plus one for validation" if val else ""
-    val_split = (" The second latest positive (same tie rule) is the validation item, the first number of "
-                 "the user's row in `val.txt`." if val else "")
-    val_neg = " The `val.txt` rows are drawn the same way, after all `neg.txt` rows." if val else ""
-    val_flag = " --validation" if val else ""
+    val_split = ("\n   The second latest positive (same tie rule) is the validation item, the first number of the\n"
+                 "   user's row in `val.txt`; it is not in `pos.txt`. Every user has one: the user filter above\n"
+                 "   already asks for the three positives this needs, so no user goes without a validation row."
+                 if val else "")
+    val_neg = ("\n   The `val.txt` rows are drawn the same way from the same generator, after all `neg.txt` rows,\n"
+               "   so the test rows are those of a build without validation. No row holds an item its user\n"
+               "   rated: the test item is never a validation negative, nor the validation item a test negative.\n  "
+               if val else "")  # the "\n  " puts the " Count:" that follows on a line of its own
+    val_flag = "" if val else " --no-validation"
+    original = (f"""
+## The original protocol
+
+The original AMR code has no validation split. `python -m amr_tf train --validation none` reads
+`val.txt` but puts its positives back into the training pairs (merged into `pos.txt`'s order), so
+the training pairs, test rows and features, and the dataset's fingerprint, are those of the
+build without validation (`--no-validation`, the previous release of this folder, whose `pos.txt`
+had {rp.train_pairs + rp.validation_pairs:,} pairs).
+""" if val else "")
     return f"""# MovieLens-100K with movie-poster features (AMR directory format)
 
 Implicit-feedback MovieLens-100K restricted to movies that have a poster, with one CNN feature
@@ -753,9 +816,9 @@ System.* IEEE TKDE 2019). Generated by `python -m amr_tf.datasets.build_movielen
 | items | {rp.num_items:,} |
 | training pairs (`pos.txt`) | {rp.train_pairs:,} |
 | test pairs (one per user) | {rp.test_pairs:,} |
-{val_row}| negatives per user (`neg.txt`) | {rp.num_negatives} |
-| training density | {density:.4f} |
-| items with no training positive (test only) | {rp.items_without_train_positive} |
+| {neg_row} | {rp.num_negatives} |
+{val_row}| training density | {density:.4f} |
+| items with no training positive ({cold_row}) | {rp.items_without_train_positive} |
 | feature dimension | {rp.feature_dim} |
 | seed | {rp.seed} |
 
@@ -841,8 +904,10 @@ python -m amr_tf.datasets.build_movielens_posters --shared <folder with ml-100k/
 
 Rebuilding from the same inputs gives byte-identical files, given the same NumPy random stream
 and, for `{FEATURE_FILE}`, the same CNN batch size, TensorFlow build and CPU kind (another batch
-size changed about 0.01% of the float16 values by one unit in the last place).
-"""
+size changed about 0.01% of the float16 values by one unit in the last place). Adding
+`--reuse-features <folder of an earlier build>` skips the CNN and copies that build's
+`{FEATURE_FILE}` (refused unless its `items.tsv` is identical to this build's).
+{original}"""
 
 
 def _indent(text: str, spaces: int) -> str:
