@@ -85,6 +85,7 @@ class Settings:
 
     ns: tuple = (1, 2, 5, 10, 20, None)  # None: all of each user's pairs
     seeds: tuple = (0, 1, 2, 3, 4)
+    seeds_at: dict = dataclasses.field(default_factory=dict)  # {"20": 3}: only the first 3 seeds at n = 20
     models: tuple = ("MF-BPR", "DUIF", "VBPR", "AMR")
     embed_dim: int = 64
     batch_size: int = 512
@@ -99,12 +100,24 @@ class Settings:
     # early stopping on val_NDCG@10, counted in evaluations
     steps_per_eval: int = 300
     max_eval_every: int = 10  # epochs: a tiny dataset (n = 1: 2 steps an epoch) is still evaluated often
-    patience: int = 3
-    max_evals: int = 25
+    patience: int = 2
+    max_evals: int = 20
     protocol: str = "sampled"
 
     def n_label(self, n) -> str:
         return "all" if n is None else str(n)
+
+    def seeds_for(self, n) -> tuple:
+        """The seeds run at cap ``n`` (all of ``seeds`` unless ``seeds_at`` says fewer)."""
+        k = self.seeds_at.get(self.n_label(n))
+        return tuple(self.seeds[:k]) if k else tuple(self.seeds)
+
+    def seeds_text(self) -> str:
+        if not self.seeds_at:
+            return f"{len(self.seeds)} seeds {list(self.seeds)}"
+        fewer = ", ".join(f"{len(self.seeds_for(n))} at n = {self.n_label(n)}" for n in self.ns
+                          if self.n_label(n) in self.seeds_at)
+        return f"{len(self.seeds)} seeds {list(self.seeds)} ({fewer})"
 
 
 #: Full mode: five seeds, every n, every model (sized for about 50 min on a shared 2-core CPU).
@@ -286,9 +299,13 @@ class Study:
 
 
 def add_arguments(p) -> None:
-    from amr_tf.flags import float_list, non_negative_float, positive_int
+    from amr_tf.flags import float_list, non_negative_float, non_negative_int, positive_int
 
-    p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..N-1); default 5 (quick: 2)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds; default 5 (quick: 2)")
+    p.add_argument("--first-seed", type=non_negative_int, default=0,
+                   help="seeds are FIRST..FIRST+N-1 (to split the runs over processes sharing one cache)")
+    p.add_argument("--seeds-at", type=_seeds_at, default=None,
+                   help="fewer seeds at some caps, e.g. 20=3,all=3 (the first 3 seeds there)")
     p.add_argument("--ns", type=_ns, default=None,
                    help="caps on training items per user, comma-separated, 'all' for no cap (default 1,2,5,10,20,all)")
     p.add_argument("--models", type=_models, default=None, help=f"comma-separated subset of {','.join(MODEL_NAMES)}")
@@ -325,6 +342,22 @@ def _ns(text: str) -> tuple:
     return tuple(sorted(set(out), key=lambda n: math.inf if n is None else n))
 
 
+def _seeds_at(text: str) -> dict:
+    import argparse
+
+    out = {}
+    for part in text.split(","):
+        cap, _, k = part.partition("=")
+        try:
+            (n,) = _ns(cap)
+            out["all" if n is None else str(n)] = int(k)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected CAP=SEEDS pairs like 20=3,all=3, got {part!r}") from None
+        if int(k) < 1:
+            raise argparse.ArgumentTypeError(f"at least one seed per cap, got {part!r}")
+    return out
+
+
 def _models(text: str) -> tuple:
     import argparse
 
@@ -351,7 +384,11 @@ def settings_from(args) -> Settings:
     s = dataclasses.replace(QUICK if args.quick else FULL)
     # Under ``reproduce.all`` only the flags every experiment has are present (--seeds, --lr, --lmd, --cache).
     flag = lambda name: getattr(args, name, None)  # noqa: E731
-    overrides = {"seeds": tuple(range(flag("seeds"))) if flag("seeds") else None, "ns": flag("ns"),
+    first = flag("first_seed") or 0
+    seeds = tuple(range(first, first + flag("seeds"))) if flag("seeds") else None
+    if seeds is None and first:
+        seeds = tuple(range(first, first + len(s.seeds)))
+    overrides = {"seeds": seeds, "seeds_at": flag("seeds_at"), "ns": flag("ns"),
                  "models": flag("models"), "amr_eps": flag("amr_eps"), "adv_weight": flag("adv_weight"),
                  "learning_rates": flag("lr"), "max_evals": flag("max_evals"),
                  "patience": flag("patience"), "steps_per_eval": flag("steps_per_eval")}
@@ -395,15 +432,16 @@ def collect(ctx, s: Settings, study: Study) -> tuple[dict, dict, dict]:
     records, datasets, chosen = {}, {}, {}
     for n in s.ns:
         ctx.log(f"n = {s.n_label(n)}")
-        by_seed = {seed: cap_user_pairs(ctx.dataset, n, seed) for seed in s.seeds}
+        seeds = s.seeds_for(n)
+        by_seed = {seed: cap_user_pairs(ctx.dataset, n, seed) for seed in seeds}
         datasets[n] = by_seed
-        records[(n, POPULARITY)] = [popularity(by_seed[seed], seed, s) for seed in s.seeds]
-        for seed in s.seeds:
+        records[(n, POPULARITY)] = [popularity(by_seed[seed], seed, s) for seed in seeds]
+        for seed in seeds:
             for label in ("MF-BPR", "DUIF", "VBPR"):
                 if label in s.models:
                     records.setdefault((n, label), []).append(study.run(by_seed[seed], n, label, seed))
         if "AMR" in s.models:
-            grid = {eps: [study.run(by_seed[seed], n, "AMR", seed, eps=eps) for seed in s.seeds] for eps in s.amr_eps}
+            grid = {eps: [study.run(by_seed[seed], n, "AMR", seed, eps=eps) for seed in seeds] for eps in s.amr_eps}
             scores = {eps: float(np.mean([_val_ndcg(r) for r in runs])) for eps, runs in grid.items()}
             best = max(scores, key=scores.get)
             chosen[n] = {"eps": best, "val_NDCG@10_by_eps": scores}
@@ -513,7 +551,7 @@ def figure(ctx, s, agg, item_rows, x_of):
     ax.minorticks_off()
     ax.set_xlabel("cap n on training items per user (mean training items per user)")
     ax.set_ylabel("test NDCG@10")
-    ax.set_title(f"{ctx.dataset.name}: mean ± std over {len(s.seeds)} seeds")
+    ax.set_title(f"{ctx.dataset.name}: mean ± std over {s.seeds_text()}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -565,7 +603,7 @@ def run(ctx) -> dict:
                   + [f"{m}_{x}" for m in MAIN_METRICS for x in ("mean", "std")])
     ctx.write_csv("items_comparison.csv", item_tests, ["bucket", "users", "cap"] + common.COMPARE_COLUMNS)
 
-    pairs_per_user = {s.n_label(n): float(np.mean([len(datasets[n][seed].train_pairs) for seed in s.seeds]))
+    pairs_per_user = {s.n_label(n): float(np.mean([len(d.train_pairs) for d in datasets[n].values()]))
                       / ctx.dataset.num_users for n in s.ns}
     ctx.write_text("table.md", _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_user, study))
     ctx.save_figure(figure(ctx, s, agg, item_rows, pairs_per_user))
@@ -596,7 +634,7 @@ def _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_
             f"Dataset `{ds.name}` ({ds.num_users} users, {ds.num_items} items, {len(ds.train_pairs)} training "
             f"pairs, validation {ds.validation}), {s.protocol} protocol, {ctx.mode} mode"
             + (" (**smoke-test numbers, unfit for conclusions**)" if ctx.mode == "quick" else "")
-            + f"; seeds {list(s.seeds)}; K={s.embed_dim}, batch {s.batch_size}; MF-BPR lr {list(s.mf_learning_rates)}, "
+            + f"; {s.seeds_text()}; K={s.embed_dim}, batch {s.batch_size}; MF-BPR lr {list(s.mf_learning_rates)}, "
             f"regs {list(s.mf_regs)}; DUIF/VBPR/AMR lr {list(s.learning_rates)}, regs {list(s.regs)}; AMR lambda "
             f"{s.adv_weight}, eps from {list(s.amr_eps)} (chosen on validation per n). Early stopping on validation "
             f"NDCG@10: an evaluation about every {s.steps_per_eval} steps, patience {s.patience}, at most "
@@ -612,8 +650,9 @@ def _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_
         text.append(common.md_table(header, body))
     text += ["\n## Paired tests at each n\n",
              "Two-sided, SciPy: *seeds* pairs the runs of the same seed (same subsample, same triplets; "
-             f"`ttest_rel`, `wilcoxon`; with {len(s.seeds)} seeds the smallest Wilcoxon p is "
-             f"{2 / 2 ** len(s.seeds):.3g}); *users* pairs each test user's metric averaged over the seeds.\n",
+             "`ttest_rel`, `wilcoxon`; the smallest two-sided Wilcoxon p is "
+             + ", ".join(f"{2 / 2 ** k:.3g} with {k} seeds" for k in sorted({len(s.seeds_for(n)) for n in s.ns}))
+             + "); *users* pairs each test user's metric averaged over the seeds.\n",
              *verdicts(s, comparison), ""]
     body = [[r["cap"], f"{r['a']} vs {r['b']}", r["metric"], f"{r['diff']:+.4f} ({r['rel_improvement_pct']:+.1f}%)",
              f"{r['seeds_wins']}/{r['seeds_n']}", common.fmt_p(r["seeds_t_p"]), common.fmt_p(r["seeds_wilcoxon_p"]),
