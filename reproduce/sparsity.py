@@ -158,10 +158,17 @@ def cap_user_pairs(ds, n: int | None, seed: int):
                                name=f"{ds.name} (<= {int(n)} items/user, seed {seed})")
 
 
-def with_validation(ds, log=print):
-    """The dataset's own validation split, or (when it has none) one pair per user carved out of training."""
+def with_validation(ds, log=print, mode: str | None = None):
+    """The dataset's own validation split, or (when it has none) one pair per user carved out of training.
+
+    ``mode`` ``"none"`` (a ``--validation none`` flag, the original protocol) is refused: every choice
+    of this study is made on validation.
+    """
     from amr_tf.data import carve_holdout
 
+    if mode == "none":
+        raise common.AmrError("--validation none: the sparsity study chooses every epoch on validation; "
+                              "use the dataset's val.txt or a holdout (--validation holdout)")
     if ds.validation_candidates is not None:
         return ds
     log(f"{ds.name} has no validation split: carving one pair per user out of the training pairs (holdout, seed 0)")
@@ -256,10 +263,12 @@ def train_selected(ds, label: str, seed: int, s: Settings, eps: float | None = N
 class Study:
     """Trains (or reads from the cache) the runs of every (n, seed, model)."""
 
-    def __init__(self, ds, settings: Settings, cache_dir: Path, log):
+    def __init__(self, ds, settings: Settings, cache_dir: Path, log, cached_only: bool = False):
         self.ds, self.s, self.cache, self.log = ds, settings, cache_dir, log
         self.cache.mkdir(parents=True, exist_ok=True)
         self.trained = self.reused = 0
+        self.cached_only = cached_only
+        self.missing: list[str] = []  # with cached_only: the runs not in the cache, left out
 
     def _key(self, data, label, seed, eps) -> str:
         s = self.s
@@ -284,6 +293,9 @@ class Study:
                 return record
             except common.AmrError as exc:
                 self.log(f"cache entry {path} unusable ({exc}); retraining")
+        if self.cached_only:
+            self.missing.append(f"n={self.s.n_label(n)} {label} seed {seed}")
+            return None
         record = train_selected(data, label, seed, self.s, eps=eps)
         record.update({"cap": self.s.n_label(n), "key": key})
         atomic_write_text(path, common.to_json(record))
@@ -319,6 +331,8 @@ def add_arguments(p) -> None:
     p.add_argument("--steps-per-eval", type=positive_int, default=None, help="gradient steps between evaluations")
     p.add_argument("--cache", default=None, help="cache root; the runs go to <cache>/sparsity/ (default <out>/cache)")
     p.add_argument("--no-cache", action="store_true", help="train every run afresh and keep none on disk")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train nothing: tabulate the runs found in the cache and list the missing ones")
     
 
 def _ns(text: str) -> tuple:
@@ -439,9 +453,15 @@ def collect(ctx, s: Settings, study: Study) -> tuple[dict, dict, dict]:
         for seed in seeds:
             for label in ("MF-BPR", "DUIF", "VBPR"):
                 if label in s.models:
-                    records.setdefault((n, label), []).append(study.run(by_seed[seed], n, label, seed))
+                    record = study.run(by_seed[seed], n, label, seed)
+                    if record is not None:  # None: --cached-only and not in the cache
+                        records.setdefault((n, label), []).append(record)
         if "AMR" in s.models:
-            grid = {eps: [study.run(by_seed[seed], n, "AMR", seed, eps=eps) for seed in seeds] for eps in s.amr_eps}
+            grid = {eps: [r for r in (study.run(by_seed[seed], n, "AMR", seed, eps=eps) for seed in seeds)
+                          if r is not None] for eps in s.amr_eps}
+            grid = {eps: runs for eps, runs in grid.items() if runs}
+            if not grid:
+                continue
             scores = {eps: float(np.mean([_val_ndcg(r) for r in runs])) for eps, runs in grid.items()}
             best = max(scores, key=scores.get)
             chosen[n] = {"eps": best, "val_NDCG@10_by_eps": scores}
@@ -474,9 +494,13 @@ def _comparisons(ctx, s, records, mask_of=None) -> list[dict]:
         for a, b in COMPARISONS:
             if (n, a) not in records or (n, b) not in records:
                 continue
-            masks = {r["seed"]: None if mask_of is None else mask_of(n, r["seed"]) for r in records[(n, a)]}
-            runs_a = [_as_run(r, a, masks[r["seed"]]) for r in records[(n, a)]]
-            runs_b = [_as_run(r, b, masks[r["seed"]]) for r in records[(n, b)]]
+            # only the seeds both have (common.compare would pair a lone run of B with every run of A)
+            seeds = sorted({r["seed"] for r in records[(n, a)]} & {r["seed"] for r in records[(n, b)]})
+            if not seeds:
+                continue
+            masks = {seed: None if mask_of is None else mask_of(n, seed) for seed in seeds}
+            runs_a = [_as_run(r, a, masks[r["seed"]]) for r in records[(n, a)] if r["seed"] in masks]
+            runs_b = [_as_run(r, b, masks[r["seed"]]) for r in records[(n, b)] if r["seed"] in masks]
             if min(len(r.ranks(ctx)) for r in runs_a) == 0:
                 continue
             for row in common.compare(ctx, runs_a, runs_b, metrics=MAIN_METRICS):
@@ -551,7 +575,9 @@ def figure(ctx, s, agg, item_rows, x_of):
     ax.minorticks_off()
     ax.set_xlabel("cap n on training items per user (mean training items per user)")
     ax.set_ylabel("test NDCG@10")
-    ax.set_title(f"{ctx.dataset.name}: mean ± std over {s.seeds_text()}", fontsize=9)
+    complete = all(r["n"] >= len(s.seeds_for(n)) for r in agg for n in s.ns if r["cap"] == s.n_label(n))
+    ax.set_title(f"{ctx.dataset.name}: mean ± std over "
+                 + (s.seeds_text() if complete else "the seeds run (some points have fewer: see table.md)"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -581,12 +607,12 @@ def figure(ctx, s, agg, item_rows, x_of):
 def run(ctx) -> dict:
     s = settings_from(ctx.args)
     ctx.settings = s
-    ctx.dataset = with_validation(ctx.dataset, log=ctx.log)
+    ctx.dataset = with_validation(ctx.dataset, log=ctx.log, mode=getattr(ctx.args, "validation", None))
     if ctx.args.no_cache:
         cache = Path(tempfile.mkdtemp(prefix="amr-sparsity-"))
     else:
         cache = (Path(ctx.args.cache) if ctx.args.cache else ctx.out_root / "cache") / "sparsity"
-    study = Study(ctx.dataset, s, cache, ctx.log)
+    study = Study(ctx.dataset, s, cache, ctx.log, cached_only=bool(getattr(ctx.args, "cached_only", False)))
     records, datasets, chosen = collect(ctx, s, study)
 
     rows = _run_rows(s, records)
@@ -620,10 +646,20 @@ def run(ctx) -> dict:
                        "note": "no pretrained checkpoint: AMR starts from the VBPR trained here for the same n and seed"},
         "validation": ctx.dataset.validation, "amr_eps_chosen": {s.n_label(n): c for n, c in chosen.items()},
         "pairs_per_user": pairs_per_user, "runs_trained": study.trained, "runs_from_cache": study.reused,
+        "runs_missing": study.missing,
         "cache": str(cache), "train_seconds_total": round(sum(r["train_seconds"] for r in rows), 1),
     }
     return {"table": agg, "comparison": comparison, "items": item_rows, "items_comparison": item_tests,
             "verdicts": verdicts(s, comparison)}
+
+
+def _cell(by, label, n, metric, planned) -> str:
+    """mean ± std, with the number of runs when fewer than planned (``--cached-only``)."""
+    row = by.get((label, n))
+    if row is None:
+        return "not run"
+    text = common.fmt_ms(row[f"{metric}_mean"], row[f"{metric}_std"])
+    return text if row["n"] >= planned else f"{text} ({row['n']} of {planned} seeds)"
 
 
 def _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_user, study) -> str:
@@ -643,8 +679,8 @@ def _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_
             "## Test NDCG@10 (mean ± std over seeds) by the cap n on training items per user\n"]
     header = ["model"] + [f"n={n} ({pairs_per_user[n]:.1f}/user)" for n in ns]
     for metric in MAIN_METRICS:
-        body = [[label] + [common.fmt_ms(by[(label, n)][f"{metric}_mean"], by[(label, n)][f"{metric}_std"])
-                           if (label, n) in by else "n/a" for n in ns] for label in _labels(s)]
+        body = [[label] + [_cell(by, label, n, metric, len(s.seeds_for(n_))) for n, n_ in zip(ns, s.ns)]
+                for label in _labels(s)]
         if metric != "NDCG@10":
             text.append(f"\n{metric}:\n")
         text.append(common.md_table(header, body))
@@ -689,6 +725,9 @@ def _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_
                          f"{chosen[n]['eps']}" if label == "AMR" and n in chosen else ""])
     text.append(common.md_table(["n", "model", "val NDCG@10", "selected epoch (mean)", "train s (mean)", "AMR eps"], body))
     text.append(f"\nRuns trained now: {study.trained}; taken from the cache: {study.reused}.\n")
+    if study.missing:
+        text.append(f"\n**Not run** (left out of every table above; `--cached-only` found no result): "
+                    f"{len(study.missing)} runs: {'; '.join(study.missing)}.\n")
     text.append("\n![sparsity](figure.png)\n")
     return "\n".join(text)
 

@@ -163,7 +163,8 @@ def test_quick_mode_end_to_end(quick):
     assert caps == ["1", "all"] and {r["model"] for r in runs} == set(sparsity.MODEL_NAMES) | {"Popularity"}
     # the selected epoch is one that was evaluated, and never after the last
     for r in runs:
-        assert int(r["best_epoch"]) % int(r["eval_every"]) == 0 and int(r["best_epoch"]) <= int(r["epochs_run"])
+        if r["model"] != "Popularity":  # the untrained reference has no epochs
+            assert int(r["best_epoch"]) % int(r["eval_every"]) == 0 and 0 < int(r["best_epoch"]) <= int(r["epochs_run"])
     # results.csv is the mean/std of runs.csv, and the paired t-test is SciPy's on the per-seed values
     from scipy import stats
 
@@ -187,6 +188,23 @@ def test_quick_rerun_takes_every_run_from_the_cache(quick, tmp_path):
     m = json.loads((out / "sparsity" / "manifest.json").read_text())
     assert m["runs_trained"] == 0 and m["runs_from_cache"] > 0
     assert read_csv(out / "sparsity" / "results.csv") == read_csv(quick / "sparsity" / "results.csv")
+
+
+@pytest.mark.slow
+def test_cached_only_tabulates_what_exists_and_lists_the_rest(quick, tmp_path):
+    out = tmp_path / "partial"
+    args = ["--quick", "--dataset", "synthetic", "--out", str(out), "--cache", str(quick / "cache"), "--cached-only"]
+    assert sparsity.main(args + ["--seeds", "3"]) == 0  # seed 2 was never trained
+    m = json.loads((out / "sparsity" / "manifest.json").read_text())
+    assert m["runs_trained"] == 0
+    assert sorted(m["runs_missing"]) == sorted(f"n={c} {model} seed 2" for c in ("1", "all")
+                                               for model in ("MF-BPR", "DUIF", "VBPR", "AMR"))
+    table = (out / "sparsity" / "table.md").read_text()
+    assert "(2 of 3 seeds)" in table and "**Not run**" in table
+    # the tests pair the two seeds both models have, exactly as in the complete run
+    full = {(r["cap"], r["a"], r["b"], r["metric"]): r for r in read_csv(quick / "sparsity" / "comparison.csv")}
+    for r in read_csv(out / "sparsity" / "comparison.csv"):
+        assert r["seeds_n"] == "2" and r["seeds_t_p"] == full[(r["cap"], r["a"], r["b"], r["metric"])]["seeds_t_p"]
 
 
 def test_bad_flags_fail_cleanly(tmp_path, capsys):
