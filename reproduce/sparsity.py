@@ -558,6 +558,13 @@ def verdicts(s, comparison, alpha: float = 0.05) -> list[str]:
     return lines
 
 
+def _item_cap(s, item_rows) -> str:
+    """The cap shown in the item arm: the largest n at which every model has runs (else the largest n)."""
+    have = {(r["cap"], r["model"]) for r in item_rows}
+    full = [s.n_label(n) for n in s.ns if all((s.n_label(n), m) in have for m in s.models)]
+    return full[-1] if full else s.n_label(s.ns[-1])
+
+
 def figure(ctx, s, agg, item_rows, x_of):
     import matplotlib.pyplot as plt
 
@@ -581,7 +588,7 @@ def figure(ctx, s, agg, item_rows, x_of):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1]
-    n_all = s.n_label(s.ns[-1])
+    n_all = _item_cap(s, item_rows)
     rows = [r for r in item_rows if r["cap"] == n_all]
     labels = list(dict.fromkeys(r["bucket"] for r in rows))
     labels_m = _labels(s)
@@ -696,7 +703,7 @@ def _markdown(ctx, s, agg, comparison, item_rows, item_tests, chosen, pairs_per_
             for r in comparison if r["metric"] == "NDCG@10"]
     text.append(common.md_table(["n", "comparison", "metric", "diff (rel.)", "wins", "t p (seeds)", "Wilcoxon p (seeds)",
                                  "t p (users)", "Wilcoxon p (users)"], body))
-    n_all = ns[-1]
+    n_all = _item_cap(s, item_rows)
     text += [f"\n## Item arm: test users by their test item's training pairs (n = {n_all})\n",
              "NDCG@10 over the test users whose test item has that many training pairs in the full training data "
              "(every n in `items.csv`, the tests in `items_comparison.csv`).\n"]
