@@ -10,6 +10,7 @@ or all of them with ``python -m reproduce.all``; ``python -m reproduce <experime
 ``eps_lambda``     AMR's clean accuracy over a grid of the adversary's budget eps and weight lambda
 ``training_curve`` HR@10 / NDCG@10 while AMR fine-tunes the pretrained VBPR, next to VBPR trained on
 ``significance``   AMR vs VBPR per metric: per-seed values, paired t-tests and Wilcoxon tests
+``sparsity``       MF-BPR, DUIF, VBPR and AMR with at most n training pairs per user (n = 1 ... all)
 ``pixel_attack``   FGSM / PGD on the posters' pixels, through the CNN into VBPR and AMR (needs the
                    poster images, which are not shipped; not part of ``all``)
 =================  ==============================================================================
@@ -26,6 +27,7 @@ runs share them; ``--no-cache`` retrains.
 """
 
 EXPERIMENTS = ("overall", "robustness", "eps_lambda", "training_curve", "significance")
-# Experiments that need inputs the project does not ship (pixel_attack: images; long_budget: two
-# 2,000-epoch CLI runs), run on their own, never by ``all``.
-OPTIONAL_EXPERIMENTS = ("pixel_attack", "long_budget")
+# Run on their own, never by ``all``: pixel_attack needs images the project does not ship,
+# long_budget reads two 2,000-epoch CLI runs, sparsity trains about 120 models in full mode (hours
+# on 2 cores; ``python -m reproduce.sparsity``).
+OPTIONAL_EXPERIMENTS = ("pixel_attack", "long_budget", "sparsity")

@@ -286,7 +286,7 @@ def _set_weights(model, arrays: dict) -> None:
             target[...] = value
 
 
-def _keep_best(evaluator, model, min_epoch: int = 0):
+def keep_best(evaluator, model, min_epoch: int = 0):
     """A callback that snapshots the weights at the best validation evaluation from ``min_epoch`` on.
 
     Returns ``(callback, snapshot)``; ``snapshot["epoch"]``/``["weights"]`` are the best evaluation's
@@ -382,7 +382,7 @@ class RunStore:
         evaluator = EvaluationCallback(self.dataset, every=s.eval_every, ks=KS, protocol=s.protocol, print_fn=None)
         evaluator.set_model(model)
         evaluator.evaluate_now(0)
-        keeper, best = _keep_best(evaluator, model, min_epoch=min_epoch if self.validated else 0)
+        keeper, best = keep_best(evaluator, model, min_epoch=min_epoch if self.validated else 0)
         self.log(f"training {label} seed {seed}: {epochs} epochs"
                  + (f" (eps={eps}, lambda={adv_weight})" if model_name == "AMR" else "")
                  + (f" {extra}" if extra else ""))

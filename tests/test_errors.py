@@ -288,7 +288,7 @@ def test_corrupt_manifest_without_a_usable_copy(saved, tmp_path):
     with pytest.raises(CheckpointError, match="corrupt manifest: 'model' must be a string"):
         read_manifest(ck)
     Path(f"{ck}.json").write_text('{"model": "GAN", "config": {}}')
-    with pytest.raises(CheckpointError, match="unknown model class 'GAN' \\(expected one of MFBPR, VBPR, AMR, DUIF, AdversarialDUIF\\)"):
+    with pytest.raises(CheckpointError, match="unknown model class 'GAN' \\(expected one of MFBPR, VBPR, AMR, DUIF, AdversarialDUIF, EALS\\)"):
         load_checkpoint(ck, ds)
     Path(f"{ck}.json").unlink()
     with pytest.raises(CheckpointError, match=rf"^{ck}.json: checkpoint manifest not found$"):
