@@ -31,6 +31,10 @@ def test_shipped_checkpoint_fits_the_embedded_dataset_and_names_no_machine(name,
     assert m["dataset"]["fingerprint"] == ds.fingerprint  # trained on the dataset shipped now
     assert m["provenance"]["git_dirty"] is False and m["provenance"]["git_commit"]
     assert m["selection"] == "val_NDCG@10"
+    run = json.loads(pretrained.path(name).with_suffix(".run.json").read_text())
+    # VBPR and MF-BPR ship their run's best validation epoch; AMR the last epoch of its fixed budget
+    # (validation preferred the starting VBPR to every fine-tuned epoch; the README says so).
+    assert m["epoch"] == (run["epochs"] if name.startswith("amr") else run["best_epoch"])
     text = json.dumps(m) + pretrained.path(name).with_suffix(".run.json").read_text()
     assert not re.search(r'"/(tmp|work|home|root|Users)/', text), "a machine-absolute path is recorded"
 
