@@ -9,7 +9,7 @@ import numpy as np
 
 from amr_tf.checkpoints import non_finite_weights
 from amr_tf.errors import AmrError, TrainingDivergedError
-from amr_tf.evaluation import DEFAULT_KS, evaluate, format_metrics
+from amr_tf.evaluation import DEFAULT_KS, evaluate, format_metrics, model_vectors
 from amr_tf.run_record import EvaluationHistory, RunCheckpoints, ScalarLog
 
 LOSS_NAMES = ("loss", "bpr_loss", "adv_loss")
@@ -135,11 +135,14 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def measure(self) -> dict:
         """The model's metrics now, without recording them: ``val_<metric>`` (with a validation
-        split), then the test metrics under their plain names."""
-        test = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol)
+        split), then the test metrics under their plain names. The model's user and item vectors
+        are computed once for both splits."""
+        vectors = model_vectors(self.model)
+        test = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol, vectors=vectors)
         if not self.validated:
             return test
-        val = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol, split="validation")
+        val = evaluate(self.model, self.dataset, ks=self.ks, protocol=self.protocol, split="validation",
+                       vectors=vectors)
         return {**{f"val_{k}": v for k, v in val.items()}, **test}
 
     def evaluate_now(self, epoch: int, logs=None) -> dict:

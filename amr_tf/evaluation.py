@@ -133,7 +133,8 @@ def split_rows(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank_test_items(model, dataset, protocol: str = "sampled", features=None, max_chunk_entries: int = 1 << 24,
-                    split: str = "test", rows=None, user_block: int | None = None, item_block: int | None = None):
+                    split: str = "test", rows=None, user_block: int | None = None, item_block: int | None = None,
+                    vectors=None):
     """0-based rank of every held-out positive of ``split`` (``"test"`` or ``"validation"``, see
     :func:`split_rows`), computed in blocks of bounded memory; ``rows`` (indices into the split's
     rows, default all) ranks only those.
@@ -158,8 +159,7 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
     if rows is not None:
         rows = np.asarray(rows, dtype=np.int64)
         split_users, cands = split_users[rows], cands[rows]
-    item_vecs = model.item_vectors(features) if features is not None else model.item_vectors()
-    user_vecs = model.user_vectors()
+    user_vecs, item_vecs = vectors if vectors is not None else model_vectors(model, features)
     num_items = int(item_vecs.shape[0])
     budget = min(max_chunk_entries, _SCORE_BLOCK)
     if protocol == "full":
@@ -189,10 +189,19 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 
-def evaluate(model, dataset, ks=DEFAULT_KS, protocol: str = "sampled", features=None, split: str = "test") -> dict:
+def model_vectors(model, features=None):
+    """``(user_vectors, item_vectors)`` of ``model``: what every ranking of it reads. Computed once
+    and passed as ``vectors=`` when one model state is ranked on several splits."""
+    return model.user_vectors(), model.item_vectors(features)
+
+
+def evaluate(model, dataset, ks=DEFAULT_KS, protocol: str = "sampled", features=None, split: str = "test",
+             vectors=None) -> dict:
     """HR@k and NDCG@k of ``model`` on ``dataset``'s held-out items of ``split`` (``"test"`` or
-    ``"validation"``; see the module docstring and :func:`rank_test_items`)."""
-    return metrics_from_ranks(rank_test_items(model, dataset, protocol=protocol, features=features, split=split), ks)
+    ``"validation"``; see the module docstring and :func:`rank_test_items`); ``vectors`` as
+    :func:`model_vectors` returns them, to reuse."""
+    return metrics_from_ranks(rank_test_items(model, dataset, protocol=protocol, features=features, split=split,
+                                              vectors=vectors), ks)
 
 
 def format_metrics(metrics: dict) -> str:

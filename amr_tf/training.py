@@ -77,10 +77,8 @@ def fit(model, dataset, epochs: int, batch_size: int = 512, seed: int = 0, initi
         if validation_data is not None:
             raise AmrError(f"{type(model).__name__} is evaluated by callbacks (EvaluationCallback), not validation_data")
         return fit_epochs(model, dataset, epochs, initial_epoch=initial_epoch, callbacks=callbacks)
-    if validation_data is not None and isinstance(validation_data, (tuple, list)):
+    if isinstance(validation_data, (tuple, list)):
         validation_data = candidate_dataset(*validation_data)
-    if epochs < initial_epoch:
-        raise AmrError(f"epochs ({epochs}) must be >= initial_epoch ({initial_epoch})")
     if batch_size <= 0:
         raise AmrError(f"batch_size must be positive, got {batch_size}")
     sampler = TripletSampler(dataset, seed=seed, exclude_cold_start=exclude_cold_start)

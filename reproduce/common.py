@@ -929,8 +929,10 @@ def compare(ctx, runs_a: list[Run], runs_b: list[Run], metrics=METRICS) -> list[
     by_seed_b = {r.seed: r for r in runs_b}
     pairs = [(a, by_seed_b.get(a.seed, runs_b[0] if len(runs_b) == 1 else None)) for a in runs_a]
     pairs = [(a, b) for a, b in pairs if b is not None]
-    users_a = {m: np.mean([per_user_metrics(a.ranks(ctx))[m] for a, _ in pairs], axis=0) for m in metrics}
-    users_b = {m: np.mean([per_user_metrics(b.ranks(ctx))[m] for _, b in pairs], axis=0) for m in metrics}
+    per_a = [per_user_metrics(a.ranks(ctx)) for a, _ in pairs]  # once per run, not once per metric
+    per_b = [per_user_metrics(b.ranks(ctx)) for _, b in pairs]
+    users_a = {m: np.mean([p[m] for p in per_a], axis=0) for m in metrics}
+    users_b = {m: np.mean([p[m] for p in per_b], axis=0) for m in metrics}
     out = []
     for m in metrics:
         va = [a.metrics(ctx)[m] for a, _ in pairs]

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from amr_tf.errors import DataError
-from amr_tf.data.features import ItemFeatures, load_features, load_item_features, read_feature_npy  # noqa: F401
+from amr_tf.data.features import ItemFeatures, load_features, load_item_features  # noqa: F401
 from amr_tf.io import atomic_path, atomic_write_npy, sha256_file
 from amr_tf.safe_io import open_regular, read_bytes
 
@@ -216,12 +216,6 @@ def open_input(path, missing: str, expected: str, mode: str = "rb", **kwargs):
     return io.TextIOWrapper(fh, **kwargs)
 
 
-def read_npy(path: Path) -> np.ndarray:
-    """A whole ``.npy`` feature file in memory (``np.load(allow_pickle=False)``), a ``DataError`` for
-    every way it can be bad: :func:`amr_tf.data.features.read_feature_npy` without the memory map."""
-    return read_feature_npy(path, mmap=False)
-
-
 VALIDATION_MODES = ("auto", "holdout", "none")
 
 
@@ -311,14 +305,14 @@ def load_amr_dir(path: str | os.PathLike, cnn: str = "resnet", name: str | None 
     _warn_candidates(ds, cands, neg_path, neg_lines)
     if val is not None:
         _check_validation(ds, val, val_path, val_lines)
-        ds.source_files += (val_path.name,)
+        source_files = ds.source_files + (val_path.name,)
+        # A new object, not attribute edits: the checks above cached values from pos.txt alone
+        # (train_matrix, item_popularity, ...), and the constructor's checks see the validation split.
         if validation == "none":
-            ds.train_pairs = fold_validation(pairs, val)
-            for stale in ("train_matrix", "item_popularity", "cold_start_items", "fingerprint"):
-                ds.__dict__.pop(stale, None)  # cached from pos.txt alone by the checks above
+            ds = dataclasses.replace(ds, source_files=source_files, train_pairs=fold_validation(pairs, val))
         else:
-            ds.validation_candidates, ds.validation_users = val, np.arange(len(val), dtype=np.int64)
-            ds.validation = "val.txt"
+            ds = dataclasses.replace(ds, source_files=source_files, validation_candidates=val,
+                                     validation_users=np.arange(len(val), dtype=np.int64), validation="val.txt")
     elif validation == "holdout":
         from amr_tf.data.validation import carve_holdout  # a module of its own: one job
 

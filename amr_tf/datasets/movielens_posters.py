@@ -581,7 +581,7 @@ def _items_tsv(split, ml100k: Mapping[int, str], ml1m_of: Mapping[int, int]) -> 
 def _reused_features(folder: Path, items_tsv: str) -> tuple[np.ndarray, dict]:
     """``folder``'s ``f_effnet.npy`` (float16, one row per item) and its ``stats.json``, refused
     unless ``folder/items.tsv`` is ``items_tsv`` (features are per poster, in item order)."""
-    from amr_tf.data.dataset import read_npy
+    from amr_tf.data.features import read_feature_npy
     from amr_tf.safe_io import read_bytes, read_json
 
     items = folder / "items.tsv"
@@ -594,7 +594,7 @@ def _reused_features(folder: Path, items_tsv: str) -> tuple[np.ndarray, dict]:
     reused = {key: stats.get(key) for key in ("feature_description", "batch_size")}
     if not isinstance(reused["feature_description"], str) or not isinstance(reused["batch_size"], int):
         raise DataError(f"{folder / 'stats.json'}: no feature_description/batch_size to carry over")
-    feats = read_npy(folder / FEATURE_FILE)
+    feats = read_feature_npy(folder / FEATURE_FILE, mmap=False)
     rows = items_tsv.count("\n") - 1
     if feats.dtype != np.float16 or feats.ndim != 2 or feats.shape[0] != rows:
         raise DataError(f"{folder / FEATURE_FILE}: {feats.dtype} array of shape {feats.shape}; expected float16 "

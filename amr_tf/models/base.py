@@ -189,7 +189,7 @@ class PairwiseModel(ServingMixin, keras.Model):
         users, items = inputs
         users = tf.convert_to_tensor(users)
         items = tf.convert_to_tensor(items)
-        p = tf.gather(self.user_vectors(), users)
+        p = variable_rows(self.P, users)  # only the batch's rows, not a copy of P per call
         v = self.gather_item_vectors(items)
         if len(v.shape) == 3:
             return tf.einsum("bk,bnk->bn", p, v)

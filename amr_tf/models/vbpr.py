@@ -166,8 +166,9 @@ class VBPR(PairwiseModel):
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def _feature_chunks(self, chunk_bytes: int = 32 << 20):
-        rows = max(1, chunk_bytes // max(1, 4 * self.feature_dim))
-        return [(s, min(s + rows, self.num_items)) for s in range(0, self.num_items, rows)]
+        from amr_tf.data.features import row_chunks
+
+        return row_chunks(self.num_items, 4 * self.feature_dim, chunk_bytes)
 
     def save_assets(self, dir_path):
         """Keras hook for ``.keras`` files only: the seen items and the features (``features.npy``,
