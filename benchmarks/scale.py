@@ -150,12 +150,14 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
         res[f"{name}_epoch_s"] = res["sampler_epoch_s"] + seconds / measured * steps_per_epoch
         res[f"{name}_epoch_measured"] = measured == steps_per_epoch
         res[f"rss_after_{name}_mib"] = rss_now()
+        res[f"peak_after_{name}_mib"] = rss_peak()  # building, the sampler's epochs and the timed steps
         _progress(res)
     if not evaluate:
         res["peak_rss_mib"] = rss_peak()
         return res
     res["sampled_eval_s"], ranks = _timed(rank_test_items, model, ds)
     res["sampled_HR@10"] = float(np.mean(ranks < 10))
+    res["peak_after_sampled_eval_mib"] = rss_peak()
     n_eval = min(eval_users, ds.num_users)
     rows = np.random.default_rng(0).choice(len(ds.test_candidates), n_eval, replace=False)
     res["full_eval_users"] = n_eval

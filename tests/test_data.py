@@ -309,3 +309,63 @@ def test_validation_flag_reaches_the_loader(tmp_path):
     assert resolve_dataset("synthetic", validation="holdout").validation == "holdout(seed=0)"
     with pytest.raises(DataError, match="validation must be one of"):
         resolve_dataset("synthetic", validation="yes")
+
+
+def _plain_table_text(rng, rows: int, width: int) -> str:
+    """A plain table with the irregularities a text file can have: blank lines, CR LF, tabs,
+    repeated spaces, leading zeros and leading or trailing whitespace."""
+    lines = []
+    for _ in range(rows):
+        if rng.random() < 0.1:
+            lines.append(rng.choice(["", "  ", "\t", "\r"]))
+        vals = [str(v).zfill(int(rng.integers(1, 4))) for v in rng.integers(0, 10**int(rng.integers(1, 8)), width)]
+        seps = rng.choice([" ", "  ", "\t", " \t "], width - 1)
+        line = vals[0] + "".join(s + v for s, v in zip(seps, vals[1:]))
+        lines.append(rng.choice(["", " ", "\t"]) + line + rng.choice(["", " ", "\r"]))
+    return "\n".join(lines) + rng.choice(["", "\n", "\n\n"])
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 22])
+def test_vectorised_table_parser_equals_the_careful_one(tmp_path, monkeypatch, chunk):
+    """The fast path (numpy over the bytes) reads every plain table exactly as the careful path
+    (token by token) does: the same values and line numbers, across chunk boundaries that fall
+    anywhere (chunks of 7 bytes split most lines)."""
+    from amr_tf.data import dataset as module
+
+    monkeypatch.setattr(module, "_PARSE_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    for case in range(12):
+        width = int(rng.integers(1, 6))
+        text = _plain_table_text(rng, int(rng.integers(1, 40)), width)
+        if case % 3 == 0:
+            text = "\ufeff" + text  # a byte-order mark
+        path = tmp_path / f"t{case}.txt"
+        path.write_bytes(text.encode("utf-8"))
+        fast = module._parse_plain_table(path.read_bytes(), width if case % 2 else None)
+        assert fast is not None, text
+        table, lines = module._parse_text_table(path, text.lstrip("\ufeff"), width, "ids")
+        np.testing.assert_array_equal(fast[0], table)
+        np.testing.assert_array_equal(fast[1], lines)
+        assert fast[0].dtype == table.dtype and fast[1].dtype == lines.dtype
+
+
+@pytest.mark.parametrize("text", [
+    "0 1\n2\n",                         # a short line
+    "0 1\n2 3 4\n",                     # a long line
+    "0 1\n1 -2\n",                      # a negative id
+    "0 1\n1 x\n",                       # not a number
+    "0 1\n1 99999999999999999999\n",    # beyond int64
+    "0 1\n1 1e3\n",
+    "",                                 # empty
+    " \n\t\n",                          # blank only
+])
+def test_vectorised_parser_leaves_every_bad_table_to_the_careful_path(tmp_path, text):
+    """Anything but a well-formed plain table makes the fast path step aside (``None``), so every
+    error is worded by one function, naming the line."""
+    from amr_tf.data import dataset as module
+
+    assert module._parse_plain_table(text.encode(), 2) is None
+    path = tmp_path / "pos.txt"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"pos.txt(, line \d+)?: "):
+        module._read_int_table(path, 2, "ids")
