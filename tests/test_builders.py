@@ -113,6 +113,12 @@ def test_dedupe_keeps_latest_then_higher_rating():
     assert sorted(keep.tolist()) == [2, 3] and dropped == 2
 
 
+def test_renumber_gives_sorted_keys_and_each_keys_new_id():
+    """The new ids come from renumber itself (before: an unused key -> id dict; the split searched again)."""
+    distinct, new = proto.renumber(np.array([30, 10, 30, 20]))
+    assert distinct.tolist() == [10, 20, 30] and new.tolist() == [2, 0, 2, 1]
+
+
 def test_sorted_codes_numeric_when_all_ids_are_integers():
     names, codes = proto.sorted_codes(["10", "9", "100"], np.array([0, 1, 2, 0]))
     assert names.tolist() == ["9", "10", "100"] and codes.tolist() == [1, 0, 2, 1]
