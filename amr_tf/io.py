@@ -19,6 +19,9 @@ import stat
 import tempfile
 from pathlib import Path
 
+from amr_tf.errors import AmrError
+from amr_tf.safe_io import open_regular
+
 # This process's mark on its temporary files (recorded in a directory's lock file while it holds it).
 WRITER_TAG = secrets.token_hex(4)
 # What ``tempfile.mkstemp(prefix=".<name>.<tag>.", suffix=".tmp<suffix>")`` produces (8 chars of [a-z0-9_]).
@@ -118,10 +121,14 @@ def _read_umask() -> int:
 UMASK = _read_umask()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+def sha256_file(path: str | os.PathLike, what: str = "a file", error=AmrError) -> str:
+    """SHA-256 of a regular file's bytes, read in 1 MiB blocks.
+
+    Opened through :func:`amr_tf.safe_io.open_regular`: a FIFO, a device (``/dev/zero`` never
+    ends), a directory or a missing path is ``error`` naming the path, at once, never a hang.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, what, error) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -319,6 +319,24 @@ def test_fifos_directories_and_link_loops_are_named_not_waited_on(tmp_path, ds, 
             load_amr_dir(root, cnn="resnet")
 
 
+def test_hashing_a_fifo_or_a_device_is_refused_at_once(tmp_path, no_hang):
+    """``io.sha256_file`` (the builders' source and output hashes) goes through ``open_regular``
+    (failed before: opening the FIFO waited for a writer, /dev/zero was read forever; no_hang's
+    alarm turned the hang into a failure)."""
+    import hashlib
+
+    from amr_tf.io import sha256_file
+
+    os.mkfifo(tmp_path / "src.csv")
+    with pytest.raises(AmrError, match=r"src.csv: is a named pipe \(FIFO\), not a regular file"):
+        sha256_file(tmp_path / "src.csv")
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(AmrError, match=r"^/dev/zero: is a character device, not a regular file"):
+            sha256_file("/dev/zero")
+    (tmp_path / "ok.bin").write_bytes(b"x" * (3 << 20))
+    assert sha256_file(tmp_path / "ok.bin") == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+
+
 def test_deeply_nested_manifest_is_one_error(tmp_path, checkpoint):
     """(failed before: RecursionError escaped as a traceback)."""
     _, ck = checkpoint
