@@ -185,18 +185,3 @@ def recorded_writer_tags(directory: str | os.PathLike) -> set[str]:
     finally:
         os.close(fd)
     return {line for line in text.split() if re.fullmatch(r"[0-9a-f]{8}", line)}
-
-
-def read_npy_header(fh):
-    """``(shape, fortran_order, dtype)`` from an open ``.npy`` file, leaving it at the data.
-
-    Reads the header without loading (or unpickling) anything, for every format version.
-    """
-    from numpy.lib import format as npformat
-
-    version = npformat.read_magic(fh)
-    if version == (1, 0):
-        return npformat.read_array_header_1_0(fh)
-    if version == (2, 0):
-        return npformat.read_array_header_2_0(fh)
-    return npformat._read_array_header(fh, version)

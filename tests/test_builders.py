@@ -313,7 +313,7 @@ def test_interactions_feature_file_checks(tmp_path):
     log = write_log(tmp_path / "log.csv", ",")
     feats, ids = write_features(tmp_path)
     np.save(feats, np.array([{"x": 1}] * 6, dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match=r"F.npy: not a readable .npy array without pickled objects"):
+    with pytest.raises(DataError, match=r"F.npy: contains pickled Python objects \(dtype object\)"):
         build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
     np.save(feats, np.ones((5, 3), np.float32))
     with pytest.raises(DataError, match=r"5 rows but ids.txt lists 6 item ids"):
@@ -331,13 +331,13 @@ def test_interactions_feature_file_checks(tmp_path):
 def test_interactions_feature_file_is_opened_once_through_the_safe_reader(tmp_path, monkeypatch):
     """The .npy is opened once (header, then the kept rows); --item-ids and a truncated or
     directory input give one DataError naming the file."""
-    from amr_tf.datasets import interactions
+    from amr_tf import safe_io
 
     log = write_log(tmp_path / "log.csv", ",")
     feats, ids = write_features(tmp_path)
     opened = []
-    real = interactions.open_input
-    monkeypatch.setattr(interactions, "open_input", lambda path, *a, **k: opened.append(Path(path)) or real(path, *a, **k))
+    real = safe_io.open_regular
+    monkeypatch.setattr(safe_io, "open_regular", lambda path, *a, **k: opened.append(Path(path)) or real(path, *a, **k))
     build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
     assert opened.count(feats) == 1
     data = feats.read_bytes()
