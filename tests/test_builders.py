@@ -196,6 +196,37 @@ def test_amazon_truncated_feature_record(amazon_files, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("change", ["replace", "truncate"])
+def test_amazon_features_are_read_from_the_file_indexed(amazon_files, tmp_path, monkeypatch, change):
+    """Both passes read the one descriptor opened through the safe layer: a .b file replaced at its
+    path between them is not read, one truncated is named (failed before: the second pass reopened
+    the path with open(), reading the replacement's values, or a short row)."""
+    from amr_tf.datasets import amazon
+
+    reviews, feats = amazon_files
+    build_amazon(reviews, feats, tmp_path / "a", TINY)
+    real = amazon.read_reviews
+
+    def then_change(*args, **kwargs):
+        if change == "replace":
+            other = write_b(tmp_path / "other.b")
+            other.write_bytes(other.read_bytes().replace(feature_row(1).astype("<f4").tobytes(),
+                                                         (feature_row(1) + 1).astype("<f4").tobytes()))
+            os.replace(other, feats)
+        else:
+            os.truncate(feats, 3 * RECORD_BYTES)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(amazon, "read_reviews", then_change)
+    if change == "replace":
+        build_amazon(reviews, feats, tmp_path / "b", TINY)
+        assert read_dir(tmp_path / "a")["f_amazon.npy"] == read_dir(tmp_path / "b")["f_amazon.npy"]
+    else:
+        with pytest.raises(DataError, match=r"image_features_Tiny.b, record [345]: truncated: 0 of 16384 bytes"):
+            build_amazon(reviews, feats, tmp_path / "b", TINY)
+        assert not (tmp_path / "b").exists()
+
+
 def test_amazon_wrong_length_asin(amazon_files, tmp_path):
     reviews, feats = amazon_files
     with open(feats, "ab") as fh:  # a 7-character ASIN padded to the 10-byte field
