@@ -6,6 +6,9 @@ Temporary files are named ``.<target>.<writer tag>.<8 random chars>.tmp[<suffix>
 carrying this process's random ``WRITER_TAG``. A process that holds a directory's lock records its
 tag in the lock file, so ``remove_stale_temp_files`` can later delete exactly the temporary files
 that a killed writer of that directory left behind, and nothing that merely looks like one.
+
+Also the file helpers beneath every layer: ``sha256_file`` and ``portable_path`` (a path as result
+files record it).
 """
 
 from __future__ import annotations
@@ -119,6 +122,19 @@ def _read_umask() -> int:
 # Read once, at import: os.umask can only be read by setting it, which would race with other
 # threads creating files if it were done on every write.
 UMASK = _read_umask()
+
+
+_PACKAGE = Path(__file__).resolve().parent  # the amr_tf package directory
+
+
+def portable_path(path) -> str:
+    """``path`` as result files record it: inside the installed package, relative to its parent
+    (``amr_tf/datasets/data/...``), so that a shipped manifest names no machine's directories;
+    anything else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(_PACKAGE.parent))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def sha256_file(path: str | os.PathLike, what: str = "a file", error=AmrError) -> str:

@@ -95,8 +95,8 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     import keras
 
     from amr_tf.checkpoints import load_pretrained, provenance, read_manifest
-    from amr_tf.checkpoints.provenance import portable_record
     from amr_tf.evaluation import evaluate
+    from amr_tf.io import portable_path
     from amr_tf.training import build_model, fit, set_seed
 
     if model not in MODELS:
@@ -182,7 +182,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     epochs = int(best.best_step) + 1
     result = {
         "model": model,
-        "dataset": portable_record(dataset.record()),
+        "dataset": dataset.record(),
         "selection": OBJECTIVE,
         "objective": {"name": OBJECTIVE, "direction": "max"},
         "best_trial": best.trial_id,
@@ -191,7 +191,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
         "validation": evaluate(selected, dataset, protocol=protocol, split="validation"),
         # Ranked once, for the selected trial's weights; read by nothing that selects.
         "test_reported_only": evaluate(selected, dataset, protocol=protocol),
-        "pretrained": None if not pretrained else _portable_path(pretrained),
+        "pretrained": None if not pretrained else portable_path(pretrained),
         "search": {"tuner": "keras_tuner.RandomSearch", "max_trials": max_trials, "budget_seconds": budget_seconds,
                    "max_epochs": max_epochs, "patience": patience, "seed": seed, "batch_size": batch_size,
                    "cold_start_rule": exclude_cold_start, "protocol": protocol,
@@ -218,13 +218,6 @@ def _trial_record(trial) -> dict:
     return {"trial": trial.trial_id, "status": trial.status, "hyperparameters": dict(trial.hyperparameters.values),
             OBJECTIVE: None if score is None or not math.isfinite(score) else float(score),
             "best_epoch": None if trial.best_step is None or score is None else int(trial.best_step) + 1}
-
-
-def _portable_path(path) -> str:
-    """A checkpoint path as recorded: relative to the package for a shipped one, else as given."""
-    from amr_tf.checkpoints.provenance import portable_path
-
-    return portable_path(path)
 
 
 def _write_hparams_config(logdir: Path, hyperparameters) -> None:
