@@ -127,10 +127,13 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     out = Path(out)
     validation = (dataset.validation_users, dataset.validation_candidates)
 
+    def fresh(hp):
+        set_seed(seed)  # every trial starts alike, whatever ran before it
+        return build_model(model, dataset, seed=seed, **search_space(hp, model, base))
+
     class HyperModel(kt.HyperModel):
         def build(self, hp):
-            set_seed(seed)  # every trial starts alike, whatever ran before it
-            model_ = build_model(model, dataset, seed=seed, **search_space(hp, model, base))
+            model_ = fresh(hp)
             if pretrained:
                 load_pretrained(model_, pretrained)
             return model_
@@ -150,13 +153,13 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
 
     class Tuner(kt.Tuner):
         def load_model(self, trial):
-            """The trial's best-epoch weights, checked by the project's reader before Keras opens them."""
-            from amr_tf.checkpoints import check_shapes
+            """The trial's best-epoch weights, loaded by the checkpoints package's one loader
+            (shapes, links and NaN checked) into a freshly built model: the pretrained weights,
+            which they replace, are not read again."""
+            from amr_tf.checkpoints import load_weights
 
-            model_ = self.hypermodel.build(trial.hyperparameters)
-            path = Path(self.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
-            check_shapes(path, model_)
-            model_.load_weights(str(path))
+            model_ = fresh(trial.hyperparameters)
+            load_weights(model_, Path(self.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5")
             return model_
 
     objective = kt.Objective(OBJECTIVE, direction="max")
