@@ -269,6 +269,21 @@ def test_build_synthetic_is_byte_identical_and_seeded(fixture_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "shared"]
 
 
+def test_features_are_written_by_the_builders_one_writer(fixture_dir, tmp_path):
+    """``f_effnet.npy`` goes through ``writer.write_staged``'s FeatureWriter, as every builder's: C
+    order whatever the extractor returns, so the loader can map it by rows (failed before: the
+    MovieLens builder's own copy np.save'd a Fortran-ordered array, which load_amr_dir refuses)."""
+    from amr_tf.data import load_amr_dir
+
+    def fortran(paths, **kwargs):
+        return np.asfortranarray(fake_extractor(paths, **kwargs))
+
+    build(fixture_dir, tmp_path / "c", validation=False, extract_features=fake_extractor, num_negatives=2)
+    build(fixture_dir, tmp_path / "f", validation=False, extract_features=fortran, num_negatives=2)
+    assert (tmp_path / "f" / "f_effnet.npy").read_bytes() == (tmp_path / "c" / "f_effnet.npy").read_bytes()
+    assert load_amr_dir(tmp_path / "f", cnn="effnet").feature_dim == FAKE_DIM
+
+
 def test_negatives_max_and_too_many(fixture_dir, tmp_path):
     report = build(fixture_dir, tmp_path / "max", validation=False, extract_features=fake_extractor, num_negatives=None)
     assert report.num_negatives == report.max_negatives == 2

@@ -48,12 +48,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from amr_tf.data.dataset import write_split
 from amr_tf.datasets import DATA_DIR
-from amr_tf.datasets.protocol import Protocol, check_out_dir, staging, to_float16
+from amr_tf.datasets.protocol import Protocol, check_out_dir, to_float16
 from amr_tf.datasets.protocol import split as protocol_split
+from amr_tf.datasets.writer import write_staged
 from amr_tf.errors import AmrError, DataError
-from amr_tf.io import atomic_write_npy, atomic_write_text, sha256_file
 
 __all__ = [
     "ARTICLES",
@@ -604,19 +603,21 @@ def _reused_features(folder: Path, items_tsv: str) -> tuple[np.ndarray, dict]:
 
 def _write(out_dir: Path, report: BuildReport, split, feats16: np.ndarray, ml100k: Mapping[int, str],
            ml1m_of: Mapping[int, int], canonical: Mapping[int, int]) -> None:
-    """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename; fills
-    ``report.files`` (the card lists each file's size and SHA-256)."""
-    with staging(out_dir, OUTPUT_FILES + (VAL_FILE,)) as tmp_dir:
-        write_split(tmp_dir, split.train, split.test_rows, split.val_rows)
-        atomic_write_npy(tmp_dir / FEATURE_FILE, feats16)
-        atomic_write_text(tmp_dir / "items.tsv", _items_tsv(split, ml100k, ml1m_of))
-        atomic_write_text(tmp_dir / "users.tsv", "user\tml100k_id\n" + "".join(
-            f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())))
-        atomic_write_text(tmp_dir / "stats.json", json.dumps(report.stats(), indent=2, sort_keys=True) + "\n")
-        for name in report.data_files():
-            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
-        merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
-        atomic_write_text(tmp_dir / "README.md", _dataset_card(report, merged, ml100k))
+    """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename, by the
+    builders' one writer (:func:`amr_tf.datasets.writer.write_staged`); fills ``report.files``
+    (the card lists each file's size and SHA-256)."""
+    merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
+
+    def card(files: dict) -> str:
+        report.files.update(files)
+        return _dataset_card(report, merged, ml100k)
+
+    texts = {"items.tsv": _items_tsv(split, ml100k, ml1m_of),
+             "users.tsv": "user\tml100k_id\n" + "".join(f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())),
+             "stats.json": json.dumps(report.stats(), indent=2, sort_keys=True) + "\n"}
+    write_staged(out_dir, OUTPUT_FILES + (VAL_FILE,), split, feature_file=FEATURE_FILE,
+                 feature_dim=int(feats16.shape[1]), write_features=lambda out: out.write(feats16, "poster features"),
+                 texts=texts, listed=report.data_files(), card=card)
 
 
 def build(
