@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,22 @@ def test_readers_accept_latin1_and_utf8(tmp_path):
     (tmp_path / "u.item").write_bytes("x|Toy Story (1995)|01-Jan-1995\n".encode())
     with pytest.raises(DataError, match=r"u\.item:1: movie id 'x'"):
         read_ml100k_items(tmp_path / "u.item")
+
+
+@pytest.mark.parametrize("reader, sep, layout", [(read_ml100k_items, "|", "id|title|..."),
+                                                (read_ml1m_movies, "::", "id::title::genres")])
+def test_movie_list_readers_name_each_defect(tmp_path, reader, sep, layout):
+    """Both movie lists (one reader, two layouts) name the line of each defect, as before."""
+    path = tmp_path / "movies"
+    for lines, message in ((["1{s}A (1995){s}x", "", "only one field"], f"movies:3: expected '{layout}', got 'only"),
+                           (["1{s}A (1995){s}x", "1{s}B (1996){s}x"], "movies:2: movie id 1 appears twice"),
+                           (["x{s}A (1995){s}x"], "movies:1: movie id 'x' is not an integer"),
+                           (["", " "], "movies: no movies")):
+        path.write_text("\n".join(line.format(s=sep) for line in lines) + "\n")
+        with pytest.raises(DataError, match=re.escape(message)):
+            reader(path)
+    path.write_text(f"2{sep}B (1996){sep}x\n\n1{sep} A (1995) {sep}x\n")
+    assert reader(path) == {2: "B (1996)", 1: "A (1995)"}
 
 
 # ------------------------------------------------------------------------------------------

@@ -345,26 +345,31 @@ def _read_text(path: Path) -> str:
         return data.decode("iso-8859-1")
 
 
-def read_ml100k_items(path: Path | str) -> dict[int, str]:
-    """``u.item`` (``id|title (year)|release date|...``) -> ``{id: "title (year)"}``."""
-    path = Path(path)
-    items: dict[int, str] = {}
+def _read_titles(path: Path, sep: str, expected: str, clean: Callable[[str], str] = str) -> dict[int, str]:
+    """``{id: clean(title)}`` from a MovieLens movie list: lines ``id<sep>title<sep>...``
+    (``expected`` shows that layout in errors), blank lines skipped, ids unique."""
+    movies: dict[int, str] = {}
     for lineno, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
-        fields = line.split("|")
+        fields = line.split(sep)
         if len(fields) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'id|title|...', got {line[:80]!r}")
+            raise DataError(f"{path}:{lineno}: expected {expected!r}, got {line[:80]!r}")
         try:
             movie_id = int(fields[0])
         except ValueError:
             raise DataError(f"{path}:{lineno}: movie id {fields[0]!r} is not an integer") from None
-        if movie_id in items:
+        if movie_id in movies:
             raise DataError(f"{path}:{lineno}: movie id {movie_id} appears twice")
-        items[movie_id] = fields[1].strip()
-    if not items:
+        movies[movie_id] = clean(fields[1].strip())
+    if not movies:
         raise DataError(f"{path}: no movies")
-    return items
+    return movies
+
+
+def read_ml100k_items(path: Path | str) -> dict[int, str]:
+    """``u.item`` (``id|title (year)|release date|...``) -> ``{id: "title (year)"}``."""
+    return _read_titles(Path(path), "|", "id|title|...")
 
 
 _CJK_RE = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
@@ -397,24 +402,7 @@ def read_ml1m_movies(path: Path | str) -> dict[int, str]:
 
     Titles are passed through :func:`repair_mojibake`.
     """
-    path = Path(path)
-    movies: dict[int, str] = {}
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split("::")
-        if len(fields) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'id::title::genres', got {line[:80]!r}")
-        try:
-            movie_id = int(fields[0])
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: movie id {fields[0]!r} is not an integer") from None
-        if movie_id in movies:
-            raise DataError(f"{path}:{lineno}: movie id {movie_id} appears twice")
-        movies[movie_id] = repair_mojibake(fields[1].strip())
-    if not movies:
-        raise DataError(f"{path}: no movies")
-    return movies
+    return _read_titles(Path(path), "::", "id::title::genres", repair_mojibake)
 
 
 def read_ml100k_ratings(path: Path | str) -> np.ndarray:
