@@ -383,6 +383,23 @@ def test_interactions_feature_file_is_opened_once_through_the_safe_reader(tmp_pa
     assert not (tmp_path / "p").exists()
 
 
+def test_interactions_feature_file_truncated_after_opening_is_named(tmp_path, monkeypatch):
+    """Rows are read by safe_io.read_exact from the descriptor opened once: a file cut short after
+    its header was checked is one DataError naming it and the row (failed before: the short row
+    reached the feature writer, an AmrError about row shapes)."""
+    from amr_tf.datasets import interactions
+
+    log = write_log(tmp_path / "log.csv", ",")
+    feats, ids = write_features(tmp_path)
+    np.save(feats, np.ones((6, 4096), np.float32))  # rows beyond the reader's first buffer
+    real = interactions.read_interactions
+    monkeypatch.setattr(interactions, "read_interactions",
+                        lambda *a, **k: os.truncate(feats, 128 + 4 * 4096 + 10) or real(*a, **k))
+    with pytest.raises(DataError, match=r"F.npy, row [1-4]: truncated: \d+ of 16384 bytes at byte"):
+        build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
+    assert not (tmp_path / "o").exists()
+
+
 def test_interactions_image_without_file_is_an_error(tmp_path):
     log = write_log(tmp_path / "log.csv", ",")
     images = tmp_path / "img"
