@@ -6,6 +6,9 @@ Temporary files are named ``.<target>.<writer tag>.<8 random chars>.tmp[<suffix>
 carrying this process's random ``WRITER_TAG``. A process that holds a directory's lock records its
 tag in the lock file, so ``remove_stale_temp_files`` can later delete exactly the temporary files
 that a killed writer of that directory left behind, and nothing that merely looks like one.
+
+Also the file helpers beneath every layer: ``sha256_file`` and ``portable_path`` (a path as result
+files record it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
+
+from amr_tf.errors import AmrError
+from amr_tf.safe_io import open_regular
 
 # This process's mark on its temporary files (recorded in a directory's lock file while it holds it).
 WRITER_TAG = secrets.token_hex(4)
@@ -118,10 +124,27 @@ def _read_umask() -> int:
 UMASK = _read_umask()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+_PACKAGE = Path(__file__).resolve().parent  # the amr_tf package directory
+
+
+def portable_path(path) -> str:
+    """``path`` as result files record it: inside the installed package, relative to its parent
+    (``amr_tf/datasets/data/...``), so that a shipped manifest names no machine's directories;
+    anything else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(_PACKAGE.parent))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def sha256_file(path: str | os.PathLike, what: str = "a file", error=AmrError) -> str:
+    """SHA-256 of a regular file's bytes, read in 1 MiB blocks.
+
+    Opened through :func:`amr_tf.safe_io.open_regular`: a FIFO, a device (``/dev/zero`` never
+    ends), a directory or a missing path is ``error`` naming the path, at once, never a hang.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, what, error) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -178,18 +201,3 @@ def recorded_writer_tags(directory: str | os.PathLike) -> set[str]:
     finally:
         os.close(fd)
     return {line for line in text.split() if re.fullmatch(r"[0-9a-f]{8}", line)}
-
-
-def read_npy_header(fh):
-    """``(shape, fortran_order, dtype)`` from an open ``.npy`` file, leaving it at the data.
-
-    Reads the header without loading (or unpickling) anything, for every format version.
-    """
-    from numpy.lib import format as npformat
-
-    version = npformat.read_magic(fh)
-    if version == (1, 0):
-        return npformat.read_array_header_1_0(fh)
-    if version == (2, 0):
-        return npformat.read_array_header_2_0(fh)
-    return npformat._read_array_header(fh, version)

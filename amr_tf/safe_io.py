@@ -15,6 +15,10 @@ to make sense of it:
 * **HDF5** (``open_hdf5``, ``read_hdf5_array``): opened through the already-checked descriptor;
   external links, soft links, external raw storage and virtual datasets are refused anywhere in the
   file, and an array is read only if its declared size fits in the file;
+* **.npy** (``open_npy``, ``read_npy``; the header by ``read_npy_header``): plain numbers only, the
+  declared size checked against the file before any data is read; rows by positioned reads
+  (``read_exact``: a short read is named, never a short row) or a read-only mapping of the checked
+  descriptor (C or Fortran order);
 * **JSON** (``read_json``): bounded size, no ``NaN``/``Infinity``, nesting errors reported;
 * **allocations** (``check_allocation``): sizes taken from flags or manifests are compared with the
   memory available before anything is allocated.
@@ -323,22 +327,98 @@ class _PickledNpyReader:
         return out
 
 
-def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | None = None,
-             mmap: bool = False, expected: str | None = None) -> np.ndarray:
-    """A plain numeric ``.npy`` array (``np.load(allow_pickle=False)``), every way it can be bad an ``error``.
+def read_npy_header(fh):
+    """``(shape, fortran_order, dtype)`` from an open ``.npy`` file, leaving it at the data.
 
-    The header is read and checked against the file's size before any data is touched, so a
-    truncated file (or a corrupt header claiming a huge shape) is named instead of allocating
-    memory for it; object (pickled) dtypes are refused. ``what`` names the file expected where it
-    cannot be opened, ``expected`` (default ``what``) the content expected where it cannot be read.
-    ``mmap=True`` returns a read-only
-    ``np.memmap`` of the already-opened regular file (C order only), so that a large feature
-    matrix is paged in from disk as rows are read instead of being loaded whole.
+    Reads the header without loading (or unpickling) anything, for every format version.
+    """
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(fh)
+    if version == (1, 0):
+        return npformat.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return npformat.read_array_header_2_0(fh)
+    return npformat._read_array_header(fh, version)
+
+
+def read_exact(fh, offset: int, nbytes: int, where, error=AmrError) -> bytes:
+    """``nbytes`` bytes at ``offset`` of the open file ``fh``; fewer is ``error`` naming ``where``.
+
+    For readers that seek to records of a file whose size they checked when opening it: a file
+    truncated since (or a record past its end) is named instead of yielding a short row.
+    """
+    fh.seek(offset)
+    try:
+        data = fh.read(nbytes)
+    except OSError as exc:
+        raise _fail(error, f"{where}: cannot read ({exc.strerror or exc})") from None
+    if len(data) != nbytes:
+        raise _fail(error, f"{where}: truncated: {len(data)} of {nbytes} bytes at byte {offset} (the file "
+                           "shrank while being read?)", corrupt=True)
+    return data
+
+
+class NpyFile:
+    """An open ``.npy`` file whose header :func:`open_npy` checked; its data not read yet.
+
+    ``shape``, ``fortran`` (column order), ``dtype`` (plain numbers) and ``offset`` (of the data)
+    come from the header; the data is known to fit in the file. Close it (or use ``with``).
+    """
+
+    def __init__(self, path: Path, fh, shape: tuple, fortran: bool, dtype: np.dtype, offset: int, error):
+        self.path, self.fh, self.shape, self.fortran, self.dtype, self.offset = path, fh, shape, fortran, dtype, offset
+        self._error = error
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def mapping(self) -> np.ndarray:
+        """A read-only ``np.memmap`` of the data in its stored order, from the checked descriptor
+        (never by reopening the path); an empty array for zero bytes (which cannot be mapped)."""
+        if math.prod(self.shape) * self.dtype.itemsize == 0:
+            return np.zeros(self.shape, self.dtype)
+        return np.memmap(self.fh, dtype=self.dtype, mode="r", offset=self.offset, shape=tuple(self.shape),
+                         order="F" if self.fortran else "C")
+
+    def rows(self, order, block: int = 256):
+        """``(rows, where)`` for the rows ``order`` of a 2-D array, in that order.
+
+        C order: one positioned read per row (:func:`read_exact`), since a mapping would count
+        read-ahead pages as this process's memory; Fortran order, whose rows are not contiguous:
+        blocks of ``block`` rows gathered through :meth:`mapping`.
+        """
+        if self.fortran:
+            arr = self.mapping()
+            for start in range(0, len(order), block):
+                yield arr[order[start:start + block]], f"{self.path}"
+            return
+        row_bytes = self.dtype.itemsize * self.shape[1]
+        for row in np.asarray(order).tolist():
+            where = f"{self.path}, row {row}"
+            data = read_exact(self.fh, self.offset + row * row_bytes, row_bytes, where, self._error)
+            yield np.frombuffer(data, dtype=self.dtype), where
+
+
+def open_npy(path, what: str = "a .npy array", error=AmrError, missing: str | None = None,
+             expected: str | None = None) -> NpyFile:
+    """Open the ``.npy`` file ``path`` (a regular file) and check its header; the data is not read.
+
+    The header is checked against the file's size before any data is touched, so a truncated
+    file (or a corrupt header claiming a huge shape) is named instead of allocating memory for
+    it; object (pickled) dtypes are refused. ``what`` names the file expected where it cannot be
+    opened, ``expected`` (default ``what``) the content expected where it cannot be read.
     """
     path = Path(path)
     fh = open_regular(path, what, error, missing=missing)
     what = expected or what
-    with fh:
+    try:
         size = os.fstat(fh.fileno()).st_size
         magic = fh.read(6)
         if size == 0:
@@ -354,8 +434,6 @@ def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | No
             raise _fail(error, f"{path}: {kind}; expected {what} (np.save)", corrupt=True)
         fh.seek(0)
         try:
-            from amr_tf.io import read_npy_header
-
             shape, fortran, dtype = read_npy_header(fh)
         except Exception as exc:  # noqa: BLE001 - NumPy raises ValueError, SyntaxError, TokenError...
             raise _fail(error, f"{path}: corrupt or truncated .npy header ({exc})", corrupt=True) from None
@@ -364,25 +442,37 @@ def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | No
                                "array (pickled files are only accepted for the original release's weights, see "
                                "load_original_npy)", corrupt=True)
         offset = fh.tell()
-        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
         available = size - offset
-        if available < expected:
+        if available < nbytes:
             raise _fail(error, f"{path}: truncated: the header declares a {dtype} array of shape {shape} "
-                               f"({expected} bytes of data) but only {available} bytes follow (file not fully "
+                               f"({nbytes} bytes of data) but only {available} bytes follow (file not fully "
                                "written?)", corrupt=True)
+        return NpyFile(path, fh, tuple(shape), bool(fortran), dtype, offset, error)
+    except BaseException:
+        fh.close()
+        raise
+
+
+def read_npy(path, what: str = "a .npy array", error=AmrError, missing: str | None = None,
+             mmap: bool = False, expected: str | None = None) -> np.ndarray:
+    """A plain numeric ``.npy`` array (``np.load(allow_pickle=False)``), every way it can be bad an ``error``.
+
+    Opened and checked by :func:`open_npy` (same ``what``, ``missing``, ``expected``). ``mmap=True``
+    returns a read-only ``np.memmap`` of the already-opened regular file (C order only), so that a
+    large feature matrix is paged in from disk as rows are read instead of being loaded whole.
+    """
+    with open_npy(path, what, error, missing, expected) as npy:
         if mmap:
-            if fortran and len(shape) > 1:
-                raise _fail(error, f"{path}: stored in Fortran (column) order, which cannot be read by rows; "
+            if npy.fortran and len(npy.shape) > 1:
+                raise _fail(error, f"{npy.path}: stored in Fortran (column) order, which cannot be read by rows; "
                                    "re-save it in C (row) order, e.g. from numpy.ascontiguousarray(array)")
-            if expected == 0:  # mmap cannot map zero bytes
-                return np.zeros(shape, dtype)
-            # Mapped from the descriptor that was checked (a regular file), not by reopening the path.
-            return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="C")
-        fh.seek(0)
+            return npy.mapping()
+        npy.fh.seek(0)
         try:
-            return np.load(fh, allow_pickle=False)
+            return np.load(npy.fh, allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 - any failure here is the file's
-            raise _fail(error, f"{path}: not a valid .npy file ({exc})", corrupt=True) from None
+            raise _fail(error, f"{npy.path}: not a valid .npy file ({exc})", corrupt=True) from None
 
 
 def read_pickled_npy(path, what: str = "weights file", error=AmrError, max_items: int = 16) -> list[np.ndarray]:
@@ -398,8 +488,6 @@ def read_pickled_npy(path, what: str = "weights file", error=AmrError, max_items
     check_allocation(2 * len(data), f"{path}: reading this {len(data)}-byte file", error)
     fh = io.BytesIO(data)
     try:
-        from amr_tf.io import read_npy_header
-
         shape, fortran, dtype = read_npy_header(fh)
     except Exception as exc:  # noqa: BLE001 - NumPy raises ValueError, SyntaxError... on a bad header
         raise _fail(error, f"{path}: not a readable {what} ({exc})") from None

@@ -113,6 +113,12 @@ def test_dedupe_keeps_latest_then_higher_rating():
     assert sorted(keep.tolist()) == [2, 3] and dropped == 2
 
 
+def test_renumber_gives_sorted_keys_and_each_keys_new_id():
+    """The new ids come from renumber itself (before: an unused key -> id dict; the split searched again)."""
+    distinct, new = proto.renumber(np.array([30, 10, 30, 20]))
+    assert distinct.tolist() == [10, 20, 30] and new.tolist() == [2, 0, 2, 1]
+
+
 def test_sorted_codes_numeric_when_all_ids_are_integers():
     names, codes = proto.sorted_codes(["10", "9", "100"], np.array([0, 1, 2, 0]))
     assert names.tolist() == ["9", "10", "100"] and codes.tolist() == [1, 0, 2, 1]
@@ -188,6 +194,37 @@ def test_amazon_truncated_feature_record(amazon_files, tmp_path):
     with pytest.raises(DataError, match=rf"record 5 \(byte {5 * RECORD_BYTES}\): truncated: {RECORD_BYTES - 100} bytes"):
         build_amazon(reviews, feats, tmp_path / "o", TINY)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change", ["replace", "truncate"])
+def test_amazon_features_are_read_from_the_file_indexed(amazon_files, tmp_path, monkeypatch, change):
+    """Both passes read the one descriptor opened through the safe layer: a .b file replaced at its
+    path between them is not read, one truncated is named (failed before: the second pass reopened
+    the path with open(), reading the replacement's values, or a short row)."""
+    from amr_tf.datasets import amazon
+
+    reviews, feats = amazon_files
+    build_amazon(reviews, feats, tmp_path / "a", TINY)
+    real = amazon.read_reviews
+
+    def then_change(*args, **kwargs):
+        if change == "replace":
+            other = write_b(tmp_path / "other.b")
+            other.write_bytes(other.read_bytes().replace(feature_row(1).astype("<f4").tobytes(),
+                                                         (feature_row(1) + 1).astype("<f4").tobytes()))
+            os.replace(other, feats)
+        else:
+            os.truncate(feats, 3 * RECORD_BYTES)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(amazon, "read_reviews", then_change)
+    if change == "replace":
+        build_amazon(reviews, feats, tmp_path / "b", TINY)
+        assert read_dir(tmp_path / "a")["f_amazon.npy"] == read_dir(tmp_path / "b")["f_amazon.npy"]
+    else:
+        with pytest.raises(DataError, match=r"image_features_Tiny.b, record [345]: truncated: 0 of 16384 bytes"):
+            build_amazon(reviews, feats, tmp_path / "b", TINY)
+        assert not (tmp_path / "b").exists()
 
 
 def test_amazon_wrong_length_asin(amazon_files, tmp_path):
@@ -307,7 +344,7 @@ def test_interactions_feature_file_checks(tmp_path):
     log = write_log(tmp_path / "log.csv", ",")
     feats, ids = write_features(tmp_path)
     np.save(feats, np.array([{"x": 1}] * 6, dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match=r"F.npy: not a readable .npy array without pickled objects"):
+    with pytest.raises(DataError, match=r"F.npy: contains pickled Python objects \(dtype object\)"):
         build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
     np.save(feats, np.ones((5, 3), np.float32))
     with pytest.raises(DataError, match=r"5 rows but ids.txt lists 6 item ids"):
@@ -325,13 +362,13 @@ def test_interactions_feature_file_checks(tmp_path):
 def test_interactions_feature_file_is_opened_once_through_the_safe_reader(tmp_path, monkeypatch):
     """The .npy is opened once (header, then the kept rows); --item-ids and a truncated or
     directory input give one DataError naming the file."""
-    from amr_tf.datasets import interactions
+    from amr_tf import safe_io
 
     log = write_log(tmp_path / "log.csv", ",")
     feats, ids = write_features(tmp_path)
     opened = []
-    real = interactions.open_input
-    monkeypatch.setattr(interactions, "open_input", lambda path, *a, **k: opened.append(Path(path)) or real(path, *a, **k))
+    real = safe_io.open_regular
+    monkeypatch.setattr(safe_io, "open_regular", lambda path, *a, **k: opened.append(Path(path)) or real(path, *a, **k))
     build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
     assert opened.count(feats) == 1
     data = feats.read_bytes()
@@ -344,6 +381,23 @@ def test_interactions_feature_file_is_opened_once_through_the_safe_reader(tmp_pa
     with pytest.raises(DataError, match=r"ids.txt: is a directory"):
         build_interactions(log, tmp_path / "p", TINY, features=feats, item_ids=ids)
     assert not (tmp_path / "p").exists()
+
+
+def test_interactions_feature_file_truncated_after_opening_is_named(tmp_path, monkeypatch):
+    """Rows are read by safe_io.read_exact from the descriptor opened once: a file cut short after
+    its header was checked is one DataError naming it and the row (failed before: the short row
+    reached the feature writer, an AmrError about row shapes)."""
+    from amr_tf.datasets import interactions
+
+    log = write_log(tmp_path / "log.csv", ",")
+    feats, ids = write_features(tmp_path)
+    np.save(feats, np.ones((6, 4096), np.float32))  # rows beyond the reader's first buffer
+    real = interactions.read_interactions
+    monkeypatch.setattr(interactions, "read_interactions",
+                        lambda *a, **k: os.truncate(feats, 128 + 4 * 4096 + 10) or real(*a, **k))
+    with pytest.raises(DataError, match=r"F.npy, row [1-4]: truncated: \d+ of 16384 bytes at byte"):
+        build_interactions(log, tmp_path / "o", TINY, features=feats, item_ids=ids)
+    assert not (tmp_path / "o").exists()
 
 
 def test_interactions_image_without_file_is_an_error(tmp_path):

@@ -369,3 +369,17 @@ def test_vectorised_parser_leaves_every_bad_table_to_the_careful_path(tmp_path, 
     path.write_text(text)
     with pytest.raises(DataError, match=r"pos.txt(, line \d+)?: "):
         module._read_int_table(path, 2, "ids")
+
+
+def test_record_gives_the_embedded_data_its_package_relative_path(tmp_path, monkeypatch, tiny_dataset):
+    """``Dataset.record()`` (what manifests, metrics.json and best.json store) names the embedded data
+    relative to the package, from any working directory, and any other directory as given (failed
+    before: record() gave this machine's absolute path; each caller wrapped it in portable_record)."""
+    from amr_tf.data.registry import EMBEDDED, PACKAGE_DATA, resolve_dataset
+
+    monkeypatch.chdir(tmp_path)
+    if (PACKAGE_DATA / EMBEDDED["movielens-posters"][0] / "pos.txt").exists():
+        assert resolve_dataset("movielens-posters").record()["path"] == "amr_tf/datasets/data/movielens_posters"
+    write_amr_dir(tiny_dataset, tmp_path / "d", cnn="x")
+    assert load_amr_dir("d", cnn="x").record()["path"] == "d"
+    assert load_amr_dir(tmp_path / "d", cnn="x").record()["path"] == str(tmp_path / "d")

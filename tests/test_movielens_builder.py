@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,22 @@ def test_readers_accept_latin1_and_utf8(tmp_path):
         read_ml100k_items(tmp_path / "u.item")
 
 
+@pytest.mark.parametrize("reader, sep, layout", [(read_ml100k_items, "|", "id|title|..."),
+                                                (read_ml1m_movies, "::", "id::title::genres")])
+def test_movie_list_readers_name_each_defect(tmp_path, reader, sep, layout):
+    """Both movie lists (one reader, two layouts) name the line of each defect, as before."""
+    path = tmp_path / "movies"
+    for lines, message in ((["1{s}A (1995){s}x", "", "only one field"], f"movies:3: expected '{layout}', got 'only"),
+                           (["1{s}A (1995){s}x", "1{s}B (1996){s}x"], "movies:2: movie id 1 appears twice"),
+                           (["x{s}A (1995){s}x"], "movies:1: movie id 'x' is not an integer"),
+                           (["", " "], "movies: no movies")):
+        path.write_text("\n".join(line.format(s=sep) for line in lines) + "\n")
+        with pytest.raises(DataError, match=re.escape(message)):
+            reader(path)
+    path.write_text(f"2{sep}B (1996){sep}x\n\n1{sep} A (1995) {sep}x\n")
+    assert reader(path) == {2: "B (1996)", 1: "A (1995)"}
+
+
 # ------------------------------------------------------------------------------------------
 # Builder on a tiny synthetic MovieLens-like fixture
 # ------------------------------------------------------------------------------------------
@@ -267,6 +284,21 @@ def test_build_synthetic_is_byte_identical_and_seeded(fixture_dir, tmp_path):
     build(fixture_dir, a.out_dir, validation=False, extract_features=fake_extractor, num_negatives=2, seed=1)
     assert read_dir(a.out_dir) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "shared"]
+
+
+def test_features_are_written_by_the_builders_one_writer(fixture_dir, tmp_path):
+    """``f_effnet.npy`` goes through ``writer.write_staged``'s FeatureWriter, as every builder's: C
+    order whatever the extractor returns, so the loader can map it by rows (failed before: the
+    MovieLens builder's own copy np.save'd a Fortran-ordered array, which load_amr_dir refuses)."""
+    from amr_tf.data import load_amr_dir
+
+    def fortran(paths, **kwargs):
+        return np.asfortranarray(fake_extractor(paths, **kwargs))
+
+    build(fixture_dir, tmp_path / "c", validation=False, extract_features=fake_extractor, num_negatives=2)
+    build(fixture_dir, tmp_path / "f", validation=False, extract_features=fortran, num_negatives=2)
+    assert (tmp_path / "f" / "f_effnet.npy").read_bytes() == (tmp_path / "c" / "f_effnet.npy").read_bytes()
+    assert load_amr_dir(tmp_path / "f", cnn="effnet").feature_dim == FAKE_DIM
 
 
 def test_negatives_max_and_too_many(fixture_dir, tmp_path):

@@ -70,12 +70,18 @@ UNSAFE = [
     (re.compile(r"\(\s*pickle\.Unpickler\s*\)"), "a pickle.Unpickler subclass"),
     (re.compile(r"allow_pickle\s*=\s*True"), "allow_pickle=True"),
     (re.compile(r"\bh5py\.File\("), "h5py.File("),
+    (re.compile(r"\bnp\.memmap\("), "a raw np.memmap"),
+    (re.compile(r"\bnp\.fromfile\("), "a raw np.fromfile"),
+    (re.compile(r"\bread_magic\(|\bread_array_header_|\b_read_array_header\("), "a second .npy header reader"),
 ]
 
 
-def _np_load_calls(text: str):
-    """Each ``np.load(...)`` call's text (parentheses balanced), to see its ``allow_pickle``."""
-    for match in re.finditer(r"\bnp\.load\(", text):
+_WRITE_ONLY = re.compile(r"mode\s*=\s*[\"']w\+[\"']")  # open_memmap creating a file (not reading one)
+
+
+def _calls(text: str, name: str = r"np\.load"):
+    """Each call of ``name`` (a regex) with its text, parentheses balanced, to see its arguments."""
+    for match in re.finditer(rf"\b{name}\(", text):
         depth, k = 1, match.end()
         while depth and k < len(text):
             depth += {"(": 1, ")": -1}.get(text[k], 0)
@@ -84,8 +90,10 @@ def _np_load_calls(text: str):
 
 
 def test_no_unsafe_reads_outside_safe_io():
-    """Raw pickle loads, allow_pickle=True, h5py.File( and np.load without allow_pickle=False
-    only in amr_tf/safe_io.py (failed before: reproduce/common.py, torch_checkpoint.py, checkpoints.py)."""
+    """Raw pickle loads, allow_pickle=True, h5py.File(, np.load without allow_pickle=False, np.memmap,
+    np.fromfile, .npy header parsing and open_memmap other than for writing only in amr_tf/safe_io.py
+    (failed before: reproduce/common.py, torch_checkpoint.py, checkpoints.py; then
+    datasets/interactions.py's np.memmap and io.read_npy_header, its second header reader)."""
     offenders = []
     for top in ("amr_tf", "reproduce", "benchmarks"):
         for path in sorted((ROOT / top).rglob("*.py")):
@@ -96,19 +104,26 @@ def test_no_unsafe_reads_outside_safe_io():
             for n, line in enumerate(text.splitlines(), 1):
                 code = line.split("#", 1)[0]
                 offenders += [f"{rel}:{n}: {what}" for pattern, what in UNSAFE if pattern.search(code)]
-            for start, call in _np_load_calls(text):
+            for start, call in _calls(text):
                 if not re.search(r"allow_pickle\s*=\s*False", call):
                     offenders.append(f"{rel}:{text.count(chr(10), 0, start) + 1}: np.load without allow_pickle=False")
+            for start, call in _calls(text, r"open_memmap"):  # its default mode, "r+", reads
+                if not _WRITE_ONLY.search(call):
+                    offenders.append(f"{rel}:{text.count(chr(10), 0, start) + 1}: open_memmap reading a file")
     # The one writer that must open HDF5 by name (Keras' temporary file) also lives in safe_io.
     assert not offenders, offenders
 
 
 def test_walker_finds_what_it_looks_for():
     """The walker's patterns match the constructs they are meant to catch (it can fail)."""
-    bad = 'x = pickle.load(f)\nclass U(pickle.Unpickler): pass\nnp.load(p, allow_pickle=True)\nh5py.File(p)\n'
-    assert sum(bool(p.search(line)) for line in bad.splitlines() for p, _ in UNSAFE) == 4
-    calls = dict(_np_load_calls("np.load(open(p, 'rb'))\nnp.load(fh, allow_pickle=False)"))
+    bad = ('x = pickle.load(f)\nclass U(pickle.Unpickler): pass\nnp.load(p, allow_pickle=True)\nh5py.File(p)\n'
+           'a = np.memmap(fh, dtype=d, mode="r")\nnp.fromfile(p)\nnpformat.read_magic(fh)\n'
+           'npformat.read_array_header_1_0(fh)\n')
+    assert [sum(bool(p.search(line)) for p, _ in UNSAFE) for line in bad.splitlines()] == [1] * 8
+    calls = dict(_calls("np.load(open(p, 'rb'))\nnp.load(fh, allow_pickle=False)"))
     assert [bool(re.search(r"allow_pickle\s*=\s*False", c)) for c in calls.values()] == [False, True]
+    maps = [c for _, c in _calls('np.lib.format.open_memmap(p)\nopen_memmap(p, mode="w+", shape=(2, 3))', "open_memmap")]
+    assert [bool(_WRITE_ONLY.search(c)) for c in maps] == [False, True] and maps[1].endswith("shape=(2, 3))")
 
 
 # ---------------------------------------------------------------------------- code execution
@@ -317,6 +332,24 @@ def test_fifos_directories_and_link_loops_are_named_not_waited_on(tmp_path, ds, 
         make(root / "pos.txt")
         with pytest.raises(DataError, match=rf"pos.txt: {message}"):
             load_amr_dir(root, cnn="resnet")
+
+
+def test_hashing_a_fifo_or_a_device_is_refused_at_once(tmp_path, no_hang):
+    """``io.sha256_file`` (the builders' source and output hashes) goes through ``open_regular``
+    (failed before: opening the FIFO waited for a writer, /dev/zero was read forever; no_hang's
+    alarm turned the hang into a failure)."""
+    import hashlib
+
+    from amr_tf.io import sha256_file
+
+    os.mkfifo(tmp_path / "src.csv")
+    with pytest.raises(AmrError, match=r"src.csv: is a named pipe \(FIFO\), not a regular file"):
+        sha256_file(tmp_path / "src.csv")
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(AmrError, match=r"^/dev/zero: is a character device, not a regular file"):
+            sha256_file("/dev/zero")
+    (tmp_path / "ok.bin").write_bytes(b"x" * (3 << 20))
+    assert sha256_file(tmp_path / "ok.bin") == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
 
 
 def test_deeply_nested_manifest_is_one_error(tmp_path, checkpoint):

@@ -116,3 +116,28 @@ def test_bad_flag_values_are_refused_by_the_parser(capsys, flag):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("python -m amr_tf tune: error: ")
+
+
+def test_the_chosen_trial_is_loaded_by_the_checkpoint_loader(tmp_path, monkeypatch):
+    """The selected trial's weights go through ``checkpoints.load_weights`` (shapes, links, NaN
+    checked) into a fresh model, without reading the pretrained checkpoint again (failed before:
+    load_model rebuilt the trial model, pretrained weights read, then hand-copied load_weights)."""
+    pytest.importorskip("keras_tuner")
+    import amr_tf.checkpoints as checkpoints
+    from amr_tf.data import load_amr_dir
+    from amr_tf.training import build_model
+    from amr_tf.tuning.search import run_search
+
+    ds = load_amr_dir(_write(tmp_path / "d"))
+    pretrained = checkpoints.save_checkpoint(build_model("VBPR", ds, embed_dim=4, seed=0), tmp_path / "vbpr", ds)
+    events = []
+    for name in ("load_pretrained", "load_weights"):
+        real = getattr(checkpoints, name)
+        monkeypatch.setattr(checkpoints, name, lambda m, p, *a, _n=name, _r=real, **k: events.append((_n, str(p)))
+                            or _r(m, p, *a, **k))
+    best = run_search(ds, "AMR", tmp_path / "out", max_trials=1, max_epochs=1, patience=0, batch_size=64,
+                      pretrained=pretrained, exclude_cold_start="off", print_fn=lambda *_: None, verbose=0)
+    assert best["trials"][0]["status"] == "COMPLETED"
+    loads = [p for n, p in events if n == "load_weights"]
+    assert len(loads) == 1 and loads[0].endswith("checkpoint.weights.h5") and "trial_" in loads[0]
+    assert events[-1][0] == "load_weights"  # nothing read the pretrained weights for the chosen trial

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amr_tf.checkpoints.provenance import portable_record, provenance
+from amr_tf.checkpoints.provenance import provenance
 from amr_tf.errors import CheckpointError
 from amr_tf.io import atomic_path, atomic_write_text
 from amr_tf.safe_io import (
@@ -128,7 +128,7 @@ def save_checkpoint(model, path, dataset=None, **extra) -> Path:
         "format": MANIFEST_VERSION,
         "model": type(model).__name__,
         "config": model.get_config(),
-        "dataset": None if dataset is None else portable_record(dataset.record()),
+        "dataset": None if dataset is None else dataset.record(),
         "provenance": provenance(),
         "save_id": uuid.uuid4().hex,
         **extra,

@@ -7,6 +7,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from amr_tf.io import portable_path  # noqa: F401 - re-exported: amr_tf/cli.py imports it from here
+
 
 @functools.lru_cache(maxsize=1)
 def _provenance() -> dict:
@@ -52,21 +54,7 @@ def provenance() -> dict:
     return dict(_provenance())
 
 
-_PACKAGE = Path(__file__).resolve().parent.parent  # the amr_tf package directory
-
-
-def portable_path(path) -> str:
-    """``path`` as result files record it: inside the installed package, relative to its parent
-    (``amr_tf/datasets/data/...``), so that a shipped manifest names no machine's directories;
-    anything else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(_PACKAGE.parent))
-    except (ValueError, OSError):
-        return str(path)
-
-
 def portable_record(record: dict | None) -> dict | None:
-    """A dataset's ``record()`` with its ``path`` made :func:`portable_path`."""
-    if not record or record.get("path") is None:
-        return record
-    return {**record, "path": portable_path(record["path"])}
+    """``record`` unchanged: ``Dataset.record()`` now records its path with :func:`amr_tf.io.portable_path`
+    itself. Kept only until amr_tf/cli.py (another helper's area) drops its call; then delete it."""
+    return record

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from amr_tf.errors import DataError
 from amr_tf.data.features import ItemFeatures, load_features, load_item_features  # noqa: F401
-from amr_tf.io import atomic_path, atomic_write_npy, sha256_file
+from amr_tf.io import atomic_path, atomic_write_npy, portable_path, sha256_file
 from amr_tf.safe_io import open_regular, read_bytes
 
 
@@ -121,10 +121,12 @@ class AmrDataset:
 
     def record(self) -> dict:
         """What result files store about the dataset: name, ``fingerprint`` (SHA-256 over the
-        parsed arrays) and, for a directory, its path and the SHA-256 of each source file."""
+        parsed arrays) and, for a directory, its path (:func:`amr_tf.io.portable_path`: relative
+        to the package for the embedded data, so no machine's directories are recorded) and the
+        SHA-256 of each source file."""
         out = {"name": self.name, "fingerprint": self.fingerprint, "validation": self.validation}
         if self.path is not None:
-            out["path"] = self.path
+            out["path"] = portable_path(self.path)
             out["files_sha256"] = self._files_sha256
         return out
 

@@ -32,6 +32,7 @@ from amr_tf.data.dataset import open_input
 from amr_tf.datasets.protocol import InteractionLog, Protocol, sorted_codes, split as protocol_split
 from amr_tf.datasets.writer import BuildResult, write_build
 from amr_tf.errors import DataError
+from amr_tf.safe_io import read_exact
 
 __all__ = ["ASIN_BYTES", "FEATURE_DIM", "RECORD_BYTES", "build_amazon", "read_feature_index", "read_reviews"]
 
@@ -116,40 +117,49 @@ def _decode_asin(raw: bytes, path: Path, record: int) -> str:
     return raw.decode("ascii")
 
 
+def _open_features(path: Path):
+    return open_input(path, "feature file not found", "an image_features_<Category>.b file")
+
+
 def read_feature_index(path: str | os.PathLike) -> tuple[dict[str, int], int]:
     """First pass over the ``.b`` file: ``{asin: record number}`` (the first record of an ASIN
     listed twice wins) and how many duplicate records there were. Reads only the ASINs."""
     path = Path(path)
-    with open_input(path, "feature file not found", "an image_features_<Category>.b file") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise DataError(f"{path}: file is empty")
-        index: dict[str, int] = {}
-        duplicates = 0
-        n_records = size // RECORD_BYTES
-        for record in range(n_records + (1 if size % RECORD_BYTES else 0)):
-            fh.seek(record * RECORD_BYTES)
-            raw = fh.read(ASIN_BYTES)
-            if record == n_records:  # what is left is shorter than a record
-                raise DataError(
-                    f"{path}, record {record} (byte {record * RECORD_BYTES}): truncated: {size - record * RECORD_BYTES} "
-                    f"bytes left, a record is {RECORD_BYTES} (a {ASIN_BYTES}-byte ASIN and {FEATURE_DIM} float32); "
-                    "the file was not fully written"
-                )
-            asin = _decode_asin(raw, path, record)
-            if asin in index:
-                duplicates += 1
-            else:
-                index[asin] = record
+    with _open_features(path) as fh:
+        return _index_records(fh, path)
+
+
+def _index_records(fh, path: Path) -> tuple[dict[str, int], int]:
+    """:func:`read_feature_index` of the open file ``fh``."""
+    size = os.fstat(fh.fileno()).st_size
+    if size == 0:
+        raise DataError(f"{path}: file is empty")
+    index: dict[str, int] = {}
+    duplicates = 0
+    n_records = size // RECORD_BYTES
+    for record in range(n_records):
+        raw = read_exact(fh, record * RECORD_BYTES, ASIN_BYTES, f"{path}, record {record}", DataError)
+        asin = _decode_asin(raw, path, record)
+        if asin in index:
+            duplicates += 1
+        else:
+            index[asin] = record
+    if size % RECORD_BYTES:  # what is left after the last whole record is shorter than a record
+        raise DataError(
+            f"{path}, record {n_records} (byte {n_records * RECORD_BYTES}): truncated: "
+            f"{size - n_records * RECORD_BYTES} bytes left, a record is {RECORD_BYTES} (a {ASIN_BYTES}-byte ASIN "
+            f"and {FEATURE_DIM} float32); the file was not fully written"
+        )
     return index, duplicates
 
 
-def _write_features(src: Path, records: np.ndarray, out) -> None:
-    """Second pass: the feature rows of ``records`` (in item order) to ``out``, one at a time."""
-    with open(src, "rb") as fh:
-        for record in records.tolist():
-            fh.seek(record * RECORD_BYTES + ASIN_BYTES)
-            out.write(np.frombuffer(fh.read(4 * FEATURE_DIM), dtype="<f4"), f"{src}, record {record}")
+def _write_features(fh, src: Path, records: np.ndarray, out) -> None:
+    """Second pass: the feature rows of ``records`` (in item order) from the open file ``fh`` (the
+    one the first pass indexed, not the path opened again) to ``out``, one at a time."""
+    for record in records.tolist():
+        where = f"{src}, record {record}"
+        data = read_exact(fh, record * RECORD_BYTES + ASIN_BYTES, 4 * FEATURE_DIM, where, DataError)
+        out.write(np.frombuffer(data, dtype="<f4"), where)
 
 
 def build_amazon(reviews: str | os.PathLike, features: str | os.PathLike, out_dir: str | os.PathLike,
@@ -158,7 +168,14 @@ def build_amazon(reviews: str | os.PathLike, features: str | os.PathLike, out_di
     reviews, features, out_dir = Path(reviews), Path(features), Path(out_dir)
     say = log or (lambda _msg: None)
     protocol.check()
-    index, duplicate_records = read_feature_index(features)
+    with _open_features(features) as fh:  # open once: both passes read this file, whatever the path names later
+        index, duplicate_records = _index_records(fh, features)
+        return _build(reviews, features, fh, index, duplicate_records, out_dir, protocol, command, say)
+
+
+def _build(reviews: Path, features: Path, fh, index: dict, duplicate_records: int, out_dir: Path,
+           protocol: Protocol, command: str, say) -> BuildResult:
+    """:func:`build_amazon` once the feature file ``fh`` is open and indexed."""
     say(f"{features}: {len(index):,} products with features")
     users, items, ts, rating, user_names, item_names, lines = read_reviews(reviews, keep=index.__contains__)
     say(f"{reviews}: {lines['reviews']:,} reviews, {lines['no_features']:,} of products without features")
@@ -181,7 +198,7 @@ def build_amazon(reviews: str | os.PathLike, features: str | os.PathLike, out_di
     ]
     return write_build(
         out_dir, sp, protocol, cnn=CNN, feature_dim=FEATURE_DIM,
-        write_features=lambda out: _write_features(features, records, out),
+        write_features=lambda out: _write_features(fh, features, records, out),
         users_header="user\treviewerID", user_names=user_sorted[sp.user_keys],
         items_header="item\tasin", item_names=kept_asins,
         sources=[("reviews", reviews), ("image features", features)],

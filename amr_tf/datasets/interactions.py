@@ -11,9 +11,10 @@
     with a progress bar and a resumable cache (:func:`amr_tf.vision.feature_cache.extract_cached`);
     only this path imports TensorFlow;
   - ``features`` + ``item_ids``: an ``.npy`` array whose row r belongs to the item on line r + 1
-    of ``item_ids``. The array is opened once (through :mod:`amr_tf.safe_io`: a regular file,
+    of ``item_ids``. The array is opened once (:func:`amr_tf.safe_io.open_npy`: a regular file,
     never a FIFO), its header checked (no pickled objects, 2-D, numeric, not truncated), and only
-    the kept rows are read, one seek each (a Fortran-ordered array through a read-only mapping).
+    the kept rows are read (:meth:`~amr_tf.safe_io.NpyFile.rows`: one seek each, a Fortran-ordered
+    array through a read-only mapping).
 
 An interaction naming an item without an image or feature row is an error (the first such line
 is named). Then the shared protocol of :mod:`amr_tf.datasets.protocol` applies.
@@ -33,8 +34,7 @@ from amr_tf.data.dataset import open_input
 from amr_tf.datasets.protocol import InteractionLog, Protocol, sorted_codes, split as protocol_split
 from amr_tf.datasets.writer import BuildResult, write_build
 from amr_tf.errors import DataError
-from amr_tf.io import read_npy_header
-from amr_tf.safe_io import read_bytes
+from amr_tf.safe_io import NpyFile, open_npy, read_bytes
 
 __all__ = ["DEFAULT_COLUMNS", "IMAGE_SUFFIXES", "build_interactions", "read_interactions"]
 
@@ -155,45 +155,14 @@ def _read_item_ids(item_ids: Path, features: Path) -> dict[str, int]:
     return rows
 
 
-class _FeatureRows:
-    """An ``.npy`` feature array, opened once and read by rows (see the module docstring)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = open_input(path, "feature file not found", "an .npy feature array")
-        try:
-            size = os.fstat(self._fh.fileno()).st_size
-            try:
-                shape, self.fortran, self.dtype = read_npy_header(self._fh)
-            except Exception as exc:  # noqa: BLE001 - not .npy, bad or truncated headers: the file's fault
-                raise DataError(f"{path}: not a readable .npy array without pickled objects ({exc})") from None
-            if self.dtype.hasobject:
-                raise DataError(f"{path}: not a readable .npy array without pickled objects (dtype {self.dtype})")
-            if len(shape) != 2 or self.dtype.kind not in "fiu" or shape[1] == 0:
-                raise DataError(f"{path}: expected a 2-D numeric array (items x dims), got {self.dtype} {shape}")
-            self.shape, self.offset = shape, self._fh.tell()
-            if size - self.offset < shape[0] * shape[1] * self.dtype.itemsize:
-                raise DataError(f"{path}: truncated: the header declares a {self.dtype} array of shape {shape} "
-                                f"but only {size - self.offset} bytes of data follow")
-        except BaseException:
-            self._fh.close()
-            raise
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def write_rows(self, order: np.ndarray, out) -> None:
-        """The rows ``order`` (in that order) to the :class:`~amr_tf.datasets.writer.FeatureWriter` ``out``."""
-        if self.fortran:  # rows are not contiguous: read them through a read-only mapping of the open file
-            arr = np.memmap(self._fh, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order="F")
-            for start in range(0, len(order), _ROWS_PER_BLOCK):
-                out.write(arr[order[start:start + _ROWS_PER_BLOCK]], f"{self.path}")
-            return
-        # One seek per row: a mapping would count read-ahead pages as this process's memory.
-        row_bytes = self.dtype.itemsize * self.shape[1]
-        for row in order.tolist():
-            self._fh.seek(self.offset + row * row_bytes)
-            out.write(np.frombuffer(self._fh.read(row_bytes), dtype=self.dtype), f"{self.path}, row {row}")
+def _open_features(path: Path) -> NpyFile:
+    """The ``.npy`` feature array, opened once and its header checked by :func:`amr_tf.safe_io.open_npy`
+    (a regular file; no pickled objects; not truncated), then checked to be 2-D and numeric."""
+    table = open_npy(path, "an .npy feature array", DataError, missing=f"{path}: feature file not found")
+    if len(table.shape) != 2 or table.dtype.kind not in "fiu" or table.shape[1] == 0:
+        table.close()
+        raise DataError(f"{path}: expected a 2-D numeric array (items x dims), got {table.dtype} {table.shape}")
+    return table
 
 
 def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLike, protocol: Protocol, *,
@@ -215,7 +184,7 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
         else:
             features, item_ids = Path(features), Path(item_ids)
             rows = _read_item_ids(item_ids, features)
-            table = _FeatureRows(features)
+            table = _open_features(features)
             stack.callback(table.close)
             if table.shape[0] != len(rows):
                 raise DataError(f"{features}: {table.shape[0]} rows but {item_ids.name} lists {len(rows)} item ids")
@@ -227,7 +196,7 @@ def build_interactions(interactions: str | os.PathLike, out_dir: str | os.PathLi
 def _build(interactions, out_dir, protocol, columns, has_item, missing, image_index, table, rows, item_ids,
            batch_size, cache_dir, progress, command, say) -> BuildResult:
     """:func:`build_interactions` once its item source is open: ``image_index`` (images) or
-    ``table`` (an open :class:`_FeatureRows`) with ``rows`` (item id -> row)."""
+    ``table`` (an open :class:`~amr_tf.safe_io.NpyFile`) with ``rows`` (item id -> row)."""
     users, items, ts, rating, user_names, item_names, n_rows, rated = read_interactions(
         interactions, columns, has_item, missing)
     if protocol.min_rating is not None and not rated:
@@ -261,7 +230,8 @@ def _build(interactions, out_dir, protocol, columns, has_item, missing, image_in
         feature_note = f"the rows of `{table.path.name}` named by `{item_ids.name}`"
 
         def write_features(out):
-            table.write_rows(order, out)
+            for block, where in table.rows(order, _ROWS_PER_BLOCK):
+                out.write(block, where)
 
     drops = [
         (sp.counts["duplicates_collapsed"], "repeated interactions of a user with an item (the latest is kept)"),

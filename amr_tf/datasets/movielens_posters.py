@@ -48,12 +48,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from amr_tf.data.dataset import write_split
 from amr_tf.datasets import DATA_DIR
-from amr_tf.datasets.protocol import Protocol, check_out_dir, staging, to_float16
+from amr_tf.datasets.protocol import Protocol, check_out_dir, to_float16
 from amr_tf.datasets.protocol import split as protocol_split
+from amr_tf.datasets.writer import write_staged
 from amr_tf.errors import AmrError, DataError
-from amr_tf.io import atomic_write_npy, atomic_write_text, sha256_file
 
 __all__ = [
     "ARTICLES",
@@ -346,26 +345,31 @@ def _read_text(path: Path) -> str:
         return data.decode("iso-8859-1")
 
 
-def read_ml100k_items(path: Path | str) -> dict[int, str]:
-    """``u.item`` (``id|title (year)|release date|...``) -> ``{id: "title (year)"}``."""
-    path = Path(path)
-    items: dict[int, str] = {}
+def _read_titles(path: Path, sep: str, expected: str, clean: Callable[[str], str] = str) -> dict[int, str]:
+    """``{id: clean(title)}`` from a MovieLens movie list: lines ``id<sep>title<sep>...``
+    (``expected`` shows that layout in errors), blank lines skipped, ids unique."""
+    movies: dict[int, str] = {}
     for lineno, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
-        fields = line.split("|")
+        fields = line.split(sep)
         if len(fields) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'id|title|...', got {line[:80]!r}")
+            raise DataError(f"{path}:{lineno}: expected {expected!r}, got {line[:80]!r}")
         try:
             movie_id = int(fields[0])
         except ValueError:
             raise DataError(f"{path}:{lineno}: movie id {fields[0]!r} is not an integer") from None
-        if movie_id in items:
+        if movie_id in movies:
             raise DataError(f"{path}:{lineno}: movie id {movie_id} appears twice")
-        items[movie_id] = fields[1].strip()
-    if not items:
+        movies[movie_id] = clean(fields[1].strip())
+    if not movies:
         raise DataError(f"{path}: no movies")
-    return items
+    return movies
+
+
+def read_ml100k_items(path: Path | str) -> dict[int, str]:
+    """``u.item`` (``id|title (year)|release date|...``) -> ``{id: "title (year)"}``."""
+    return _read_titles(Path(path), "|", "id|title|...")
 
 
 _CJK_RE = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
@@ -398,24 +402,7 @@ def read_ml1m_movies(path: Path | str) -> dict[int, str]:
 
     Titles are passed through :func:`repair_mojibake`.
     """
-    path = Path(path)
-    movies: dict[int, str] = {}
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split("::")
-        if len(fields) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'id::title::genres', got {line[:80]!r}")
-        try:
-            movie_id = int(fields[0])
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: movie id {fields[0]!r} is not an integer") from None
-        if movie_id in movies:
-            raise DataError(f"{path}:{lineno}: movie id {movie_id} appears twice")
-        movies[movie_id] = repair_mojibake(fields[1].strip())
-    if not movies:
-        raise DataError(f"{path}: no movies")
-    return movies
+    return _read_titles(Path(path), "::", "id::title::genres", repair_mojibake)
 
 
 def read_ml100k_ratings(path: Path | str) -> np.ndarray:
@@ -604,19 +591,21 @@ def _reused_features(folder: Path, items_tsv: str) -> tuple[np.ndarray, dict]:
 
 def _write(out_dir: Path, report: BuildReport, split, feats16: np.ndarray, ml100k: Mapping[int, str],
            ml1m_of: Mapping[int, int], canonical: Mapping[int, int]) -> None:
-    """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename; fills
-    ``report.files`` (the card lists each file's size and SHA-256)."""
-    with staging(out_dir, OUTPUT_FILES + (VAL_FILE,)) as tmp_dir:
-        write_split(tmp_dir, split.train, split.test_rows, split.val_rows)
-        atomic_write_npy(tmp_dir / FEATURE_FILE, feats16)
-        atomic_write_text(tmp_dir / "items.tsv", _items_tsv(split, ml100k, ml1m_of))
-        atomic_write_text(tmp_dir / "users.tsv", "user\tml100k_id\n" + "".join(
-            f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())))
-        atomic_write_text(tmp_dir / "stats.json", json.dumps(report.stats(), indent=2, sort_keys=True) + "\n")
-        for name in report.data_files():
-            report.files[name] = {"bytes": (tmp_dir / name).stat().st_size, "sha256": sha256_file(tmp_dir / name)}
-        merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
-        atomic_write_text(tmp_dir / "README.md", _dataset_card(report, merged, ml100k))
+    """Stage 6: every file into a temporary directory, then into ``out_dir`` in one rename, by the
+    builders' one writer (:func:`amr_tf.datasets.writer.write_staged`); fills ``report.files``
+    (the card lists each file's size and SHA-256)."""
+    merged = sorted((mid, k) for mid, k in canonical.items() if mid != k)
+
+    def card(files: dict) -> str:
+        report.files.update(files)
+        return _dataset_card(report, merged, ml100k)
+
+    texts = {"items.tsv": _items_tsv(split, ml100k, ml1m_of),
+             "users.tsv": "user\tml100k_id\n" + "".join(f"{n}\t{o}\n" for n, o in enumerate(split.user_keys.tolist())),
+             "stats.json": json.dumps(report.stats(), indent=2, sort_keys=True) + "\n"}
+    write_staged(out_dir, OUTPUT_FILES + (VAL_FILE,), split, feature_file=FEATURE_FILE,
+                 feature_dim=int(feats16.shape[1]), write_features=lambda out: out.write(feats16, "poster features"),
+                 texts=texts, listed=report.data_files(), card=card)
 
 
 def build(

@@ -197,10 +197,9 @@ def sorted_codes(names: Sequence[str], codes: np.ndarray) -> tuple[np.ndarray, n
     return np.asarray(names, dtype=object)[order], rank[np.asarray(codes, dtype=np.int64)]
 
 
-def renumber(keys) -> tuple[np.ndarray, dict]:
-    """Sorted distinct ``keys`` (new id = position) and the key -> new id mapping."""
-    uniq = np.unique(keys)
-    return uniq, {k: n for n, k in enumerate(uniq.tolist())}
+def renumber(keys) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct ``keys`` (new id = position) and each key's new id (``distinct[new] == keys``)."""
+    return np.unique(keys, return_inverse=True)
 
 
 def leave_one_out(u, i, ts, num_users: int, held_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,8 +261,8 @@ def split(user, item, ts, rating, protocol: Protocol, *,
     if len(pu) == 0:
         raise DataError("no positive interaction is left (check --min-rating)")
     core, counts["k_core_rounds"] = k_core(pu, pi, protocol.effective_min_user, protocol.min_item)
-    user_keys, user_new = renumber(pu[core])
-    item_keys, item_new = renumber(pi[core])
+    user_keys, u_new = renumber(pu[core])
+    item_keys, i_new = renumber(pi[core])
     counts.update(users_removed=counts["positive_users"] - len(user_keys),
                   items_removed=counts["positive_items"] - len(item_keys),
                   positives_removed=int((~core).sum()))
@@ -276,8 +275,6 @@ def split(user, item, ts, rating, protocol: Protocol, *,
     say(f"{counts['positive_interactions']} positives from {counts['positive_users']} users on "
         f"{counts['positive_items']} items; k-core kept {num_users} users, {num_items} items")
 
-    u_new = np.searchsorted(user_keys, pu[core])
-    i_new = np.searchsorted(item_keys, pi[core])
     held, train = leave_one_out(u_new, i_new, pts[core], num_users, protocol.held_out)
     counts.update(num_users=num_users, num_items=num_items, train_pairs=int(len(train)),
                   test_pairs=num_users, validation_pairs=num_users if protocol.validation else 0,

@@ -1,8 +1,11 @@
 """Writing a built dataset: the files every builder of :mod:`amr_tf.datasets` produces.
 
-``write_build`` stages pos/neg/val (through :func:`amr_tf.data.dataset.write_split`), the
-float16 features (streamed row by row: never all in memory), ``users.tsv``, ``items.tsv``,
-``stats.json`` and the generated card, then moves the directory into place in one rename.
+``write_staged`` is the one writer of a build's directory, for every builder (the embedded
+MovieLens build included): pos/neg/val (through :func:`amr_tf.data.dataset.write_split`), the
+float16 features (streamed row by row: never all in memory), the builder's text files, the sizes
+and SHA-256 of the files, then the card, staged and moved into place in one rename.
+``write_build`` is its use by the generic builders (``users.tsv``, ``items.tsv``, ``stats.json``
+and the generated card).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from amr_tf.datasets.protocol import Protocol, Split, dataset_card, staging, to_
 from amr_tf.errors import AmrError
 from amr_tf.io import atomic_write_text, sha256_file
 
-__all__ = ["BuildResult", "FeatureWriter", "output_files", "write_build"]
+__all__ = ["BuildResult", "FeatureWriter", "output_files", "write_build", "write_staged"]
 
 
 def output_files(cnn: str) -> tuple[str, ...]:
@@ -63,6 +66,32 @@ class FeatureWriter:
         self.written += len(block)
 
 
+def write_staged(out_dir: Path, own: Sequence[str], split: Split, *, feature_file: str, feature_dim: int,
+                 write_features: Callable[[FeatureWriter], None], texts: dict[str, str], listed: Sequence[str],
+                 card: Callable[[dict], str]) -> dict:
+    """Write a build of ``split`` into ``out_dir`` (replacing a previous build of the files ``own``).
+
+    Into a staging directory (:func:`~amr_tf.datasets.protocol.staging`): the id files
+    (:func:`~amr_tf.data.dataset.write_split`), ``feature_file`` (``write_features`` appends the
+    rows, in item order, to a :class:`FeatureWriter`), each of ``texts`` (name -> content), then
+    ``README.md`` = ``card(files)``, where ``files`` (returned) maps each of ``listed`` that was
+    written to its ``{"bytes", "sha256"}``.
+    """
+    with staging(out_dir, own) as tmp:
+        write_split(tmp, split.train, split.test_rows, split.val_rows)
+        with open(tmp / feature_file, "wb") as fh:
+            writer = FeatureWriter(fh, split.num_items, feature_dim)
+            write_features(writer)
+            if writer.written != split.num_items:
+                raise AmrError(f"wrote {writer.written} feature rows, expected {split.num_items}")
+        for name, text in texts.items():
+            atomic_write_text(tmp / name, text)
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                 for name in listed if (tmp / name).exists()}
+        atomic_write_text(tmp / "README.md", card(files))
+    return files
+
+
 def _clean(name) -> str:
     return str(name).replace("\t", " ").replace("\n", " ").replace("\r", " ")
 
@@ -77,34 +106,28 @@ def write_build(out_dir: Path, split: Split, protocol: Protocol, *, cnn: str, fe
     counts = dict(split.counts, feature_dim=int(feature_dim))
     own = output_files(cnn)
     source_rows = [(label, Path(p).name, sha256_file(p)) for label, p in sources]
-    with staging(out_dir, own) as tmp:
-        write_split(tmp, split.train, split.test_rows, split.val_rows)
-        say(f"writing {split.num_items:,} x {feature_dim} features")
-        with open(tmp / f"f_{cnn}.npy", "wb") as fh:
-            writer = FeatureWriter(fh, split.num_items, feature_dim)
-            write_features(writer)
-            if writer.written != split.num_items:
-                raise AmrError(f"wrote {writer.written} feature rows, expected {split.num_items}")
-        atomic_write_text(tmp / "users.tsv", users_header + "\n" + "".join(
-            f"{n}\t{_clean(name)}\n" for n, name in enumerate(user_names)))
-        atomic_write_text(tmp / "items.tsv", items_header + "\n" + "".join(
-            f"{n}\t{_clean(name)}\n" for n, name in enumerate(item_names)))
-        stats = {"counts": counts, "protocol": dataclasses.asdict(protocol),
-                 "dropped": {why: n for n, why in drops},
-                 "sources": {name: {"role": label, "sha256": digest} for label, name, digest in source_rows},
-                 "command": command}
-        atomic_write_text(tmp / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                 for name in own[:-1] if (tmp / name).exists()}
-        notes = {
-            "pos.txt": "training pairs `user item`, 0-based, sorted by user then item",
-            "neg.txt": "row u = user u: test item, then the sampled negatives (ascending)",
-            "val.txt": "row u = user u: validation item, then the sampled negatives (ascending)",
-            f"f_{cnn}.npy": f"item features, row i = item i, float16 ({feature_dim}-d, unscaled)",
-            "items.tsv": f"new item id, source id ({items_header.split(chr(9))[-1]})",
-            "users.tsv": f"new user id, source id ({users_header.split(chr(9))[-1]})",
-            "stats.json": "the counts, options, drops and sources, machine-readable",
-        }
-        atomic_write_text(tmp / "README.md", dataset_card(
-            title, intro, source_rows, protocol, counts, drops, files, notes, feature_note, command, cnn))
+    stats = {"counts": counts, "protocol": dataclasses.asdict(protocol),
+             "dropped": {why: n for n, why in drops},
+             "sources": {name: {"role": label, "sha256": digest} for label, name, digest in source_rows},
+             "command": command}
+    texts = {
+        "users.tsv": users_header + "\n" + "".join(f"{n}\t{_clean(name)}\n" for n, name in enumerate(user_names)),
+        "items.tsv": items_header + "\n" + "".join(f"{n}\t{_clean(name)}\n" for n, name in enumerate(item_names)),
+        "stats.json": json.dumps(stats, indent=2, sort_keys=True) + "\n",
+    }
+    notes = {
+        "pos.txt": "training pairs `user item`, 0-based, sorted by user then item",
+        "neg.txt": "row u = user u: test item, then the sampled negatives (ascending)",
+        "val.txt": "row u = user u: validation item, then the sampled negatives (ascending)",
+        f"f_{cnn}.npy": f"item features, row i = item i, float16 ({feature_dim}-d, unscaled)",
+        "items.tsv": f"new item id, source id ({items_header.split(chr(9))[-1]})",
+        "users.tsv": f"new user id, source id ({users_header.split(chr(9))[-1]})",
+        "stats.json": "the counts, options, drops and sources, machine-readable",
+    }
+    say(f"writing {split.num_items:,} x {feature_dim} features")
+    files = write_staged(
+        out_dir, own, split, feature_file=f"f_{cnn}.npy", feature_dim=feature_dim, write_features=write_features,
+        texts=texts, listed=own[:-1],
+        card=lambda files: dataset_card(title, intro, source_rows, protocol, counts, drops, files, notes,
+                                        feature_note, command, cnn))
     return BuildResult(out_dir=Path(out_dir), counts=counts, files=files, drops=drops)

@@ -95,8 +95,8 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     import keras
 
     from amr_tf.checkpoints import load_pretrained, provenance, read_manifest
-    from amr_tf.checkpoints.provenance import portable_record
     from amr_tf.evaluation import evaluate
+    from amr_tf.io import portable_path
     from amr_tf.training import build_model, fit, set_seed
 
     if model not in MODELS:
@@ -127,10 +127,13 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     out = Path(out)
     validation = (dataset.validation_users, dataset.validation_candidates)
 
+    def fresh(hp):
+        set_seed(seed)  # every trial starts alike, whatever ran before it
+        return build_model(model, dataset, seed=seed, **search_space(hp, model, base))
+
     class HyperModel(kt.HyperModel):
         def build(self, hp):
-            set_seed(seed)  # every trial starts alike, whatever ran before it
-            model_ = build_model(model, dataset, seed=seed, **search_space(hp, model, base))
+            model_ = fresh(hp)
             if pretrained:
                 load_pretrained(model_, pretrained)
             return model_
@@ -150,13 +153,13 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
 
     class Tuner(kt.Tuner):
         def load_model(self, trial):
-            """The trial's best-epoch weights, checked by the project's reader before Keras opens them."""
-            from amr_tf.checkpoints import check_shapes
+            """The trial's best-epoch weights, loaded by the checkpoints package's one loader
+            (shapes, links and NaN checked) into a freshly built model: the pretrained weights,
+            which they replace, are not read again."""
+            from amr_tf.checkpoints import load_weights
 
-            model_ = self.hypermodel.build(trial.hyperparameters)
-            path = Path(self.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5"
-            check_shapes(path, model_)
-            model_.load_weights(str(path))
+            model_ = fresh(trial.hyperparameters)
+            load_weights(model_, Path(self.get_trial_dir(trial.trial_id)) / "checkpoint.weights.h5")
             return model_
 
     objective = kt.Objective(OBJECTIVE, direction="max")
@@ -182,7 +185,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     epochs = int(best.best_step) + 1
     result = {
         "model": model,
-        "dataset": portable_record(dataset.record()),
+        "dataset": dataset.record(),
         "selection": OBJECTIVE,
         "objective": {"name": OBJECTIVE, "direction": "max"},
         "best_trial": best.trial_id,
@@ -191,7 +194,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
         "validation": evaluate(selected, dataset, protocol=protocol, split="validation"),
         # Ranked once, for the selected trial's weights; read by nothing that selects.
         "test_reported_only": evaluate(selected, dataset, protocol=protocol),
-        "pretrained": None if not pretrained else _portable_path(pretrained),
+        "pretrained": None if not pretrained else portable_path(pretrained),
         "search": {"tuner": "keras_tuner.RandomSearch", "max_trials": max_trials, "budget_seconds": budget_seconds,
                    "max_epochs": max_epochs, "patience": patience, "seed": seed, "batch_size": batch_size,
                    "cold_start_rule": exclude_cold_start, "protocol": protocol,
@@ -218,13 +221,6 @@ def _trial_record(trial) -> dict:
     return {"trial": trial.trial_id, "status": trial.status, "hyperparameters": dict(trial.hyperparameters.values),
             OBJECTIVE: None if score is None or not math.isfinite(score) else float(score),
             "best_epoch": None if trial.best_step is None or score is None else int(trial.best_step) + 1}
-
-
-def _portable_path(path) -> str:
-    """A checkpoint path as recorded: relative to the package for a shipped one, else as given."""
-    from amr_tf.checkpoints.provenance import portable_path
-
-    return portable_path(path)
 
 
 def _write_hparams_config(logdir: Path, hyperparameters) -> None:
