@@ -24,6 +24,7 @@ from amr_tf.errors import AmrError
 from amr_tf.flags import (  # noqa: F401 - the flag types, re-exported for callers of the old place
     LEGACY_ARG_NAMES,
     cold_start_rule,
+    flag_name,
     float_list,
     modern_arg_names,
     non_negative_float,
@@ -371,10 +372,6 @@ def _config(args) -> dict:
     return config
 
 
-# Flag destination -> how the one-line notice shows it (the original's names).
-_SHOWN = {"embed_dim": "--emb1_K", "eps": "--epsilon", "adv_weight": "--lmd"}
-
-
 def _recommended_args(args, ds) -> set[str]:
     """Apply the dataset's recommended hyper-parameters (``--hparams``) to the flags not given.
 
@@ -401,7 +398,7 @@ def _recommended_args(args, ds) -> set[str]:
             continue
         value = _stored_flag(actions[key], value, source)  # checked as if typed
         setattr(args, key, value)
-        used[key] = f"{_SHOWN.get(key, '--' + key)} {_as_flag_text(value)}"
+        used[key] = f"{flag_name(key)} {_as_flag_text(value)}"
     if used:
         print(f"defaults: {source}, tuned on validation: {' '.join(used.values())} "
               "(flags given override them; --hparams original for the original release's)")
@@ -411,16 +408,13 @@ def _recommended_args(args, ds) -> set[str]:
 def cmd_train(args) -> int:
     from amr_tf.checkpoints import checkpoint_exists, read_manifest
     from amr_tf.evaluation import evaluate
-    from amr_tf.io import directory_lock
-    from amr_tf.run_dir import foreign_entries, move_aside
+    from amr_tf.run_dir import claimed_run_directory, refuse_non_directory
     from amr_tf.training import build_model, set_seed
 
     if args.resume and args.overwrite:
         raise AmrError("--resume continues the run in --weight_dir and --overwrite moves it aside; give one of them")
     for flag in ("weight_dir", "logdir"):
-        value = getattr(args, flag)
-        if value and (Path(value).exists() or Path(value).is_symlink()) and not Path(value).is_dir():
-            raise AmrError(f"{value}: --{flag} is not a directory (a file is in the way)")
+        refuse_non_directory(getattr(args, flag), f"--{flag}")
     resume, initial_epoch, adopted_from_pretrained = None, 0, []
     if args.resume:
         if not args.weight_dir:
@@ -463,26 +457,9 @@ def cmd_train(args) -> int:
         return 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     weight_dir = Path(args.weight_dir or f"runs/{ds.name}-{name.lower()}-{stamp}")
-    try:
-        with directory_lock(weight_dir):
-            occupied = foreign_entries(weight_dir, resume is not None, args.resume)
-            if not occupied:
-                return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
-            if not args.overwrite:
-                shown = ", ".join(occupied[:5]) + (", ..." if len(occupied) > 5 else "")
-                raise AmrError(
-                    f"{weight_dir}: already holds {'a run' if args.resume else 'files'} ({shown}); "
-                    + ("--resume found no 'last' checkpoint to continue from; " if args.resume else "")
-                    + "pass --resume to continue it, --overwrite to move it aside and start afresh, "
-                      "or choose another --weight_dir"
-                )
-            aside = move_aside(weight_dir, stamp)
-            print(f"--overwrite: moved the previous contents of {weight_dir} to {aside}")
-            with directory_lock(weight_dir):  # a fresh directory, locked before the old lock is released
-                return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
-    except BlockingIOError:
-        raise AmrError(f"{weight_dir}: another training process is writing to this directory; wait for it to "
-                       "finish or choose another --weight_dir") from None
+    with claimed_run_directory(weight_dir, "--weight_dir", args.overwrite, stamp, has_checkpoint=resume is not None,
+                               resuming=args.resume):
+        return _train_in(weight_dir, args, ds, name, model, resume, initial_epoch)
 
 
 def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) -> int:
@@ -492,13 +469,9 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
     from amr_tf.callbacks import EvaluationCallback
     from amr_tf.checkpoints import checkpoint_exists, load_pretrained, load_weights, read_manifest
     from amr_tf.errors import CheckpointError, TrainingDivergedError
-    from amr_tf.io import remove_stale_temp_files
     from amr_tf.run_dir import previous_evaluations
     from amr_tf.training import fit
 
-    removed = remove_stale_temp_files(weight_dir)  # only files named with a writer tag recorded in the lock
-    if removed:
-        print(f"removed {len(removed)} temporary file(s) left by an interrupted run in {weight_dir}")
     previous = []
     if resume is not None:
         last = weight_dir / "last"
@@ -593,7 +566,7 @@ def _train_in(weight_dir: Path, args, ds, name, model, resume, initial_epoch) ->
 
 def cmd_tune(args) -> int:
     """Search on the validation split (:mod:`amr_tf.tuning.search`) and write ``best.json``."""
-    from amr_tf.run_dir import move_aside
+    from amr_tf.run_dir import claimed_run_directory, refuse_non_directory
     from amr_tf.training import set_seed
     from amr_tf.tuning.search import run_search
 
@@ -604,18 +577,14 @@ def cmd_tune(args) -> int:
     set_seed(args.seed)
     ds = _dataset(args)
     out = Path(args.out or f"runs/tune-{ds.name}-{args.model.lower()}-{stamp}")
-    if out.exists() and not out.is_dir():
-        raise AmrError(f"{out}: --out is not a directory (a file is in the way)")
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:
-            raise AmrError(f"{out}: already holds files; choose another --out or pass --overwrite to move it aside")
-        print(f"--overwrite: moved the previous contents of {out} to {move_aside(out, stamp)}")
-    print(ds.summary())
-    command = " ".join(["python -m amr_tf"] + list(getattr(args, "_argv", sys.argv[1:])))
-    run_search(ds, args.model, out, max_trials=args.max_trials, budget_seconds=args.budget_seconds,
-               max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, batch_size=args.batch_size,
-               pretrained=args.pretrained, exclude_cold_start=args.cold_start_rule, protocol=args.protocol,
-               command=command)
+    refuse_non_directory(out, "--out")
+    with claimed_run_directory(out, "--out", args.overwrite, stamp, process="tuning"):  # as train's --weight_dir
+        print(ds.summary())
+        command = " ".join(["python -m amr_tf"] + list(getattr(args, "_argv", sys.argv[1:])))
+        run_search(ds, args.model, out, max_trials=args.max_trials, budget_seconds=args.budget_seconds,
+                   max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, batch_size=args.batch_size,
+                   pretrained=args.pretrained, exclude_cold_start=args.cold_start_rule, protocol=args.protocol,
+                   command=command)
     return 0
 
 
