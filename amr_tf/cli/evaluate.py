@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from amr_tf.cli.common import open_dataset, print_table
 from amr_tf.errors import AmrError
+from amr_tf.flags import flag_name
 
 
 def cmd_evaluate(args) -> int:
@@ -20,7 +21,7 @@ def cmd_evaluate(args) -> int:
         from amr_tf.checkpoints import check_model_fits
 
         label = args.model or "VBPR"
-        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.embed_dim, "--emb1_K", AmrError)
+        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.embed_dim, flag_name("embed_dim"), AmrError)
         model = build_model(label, ds, embed_dim=args.embed_dim, compile=False)
         load_original_npy(args.checkpoint, model)
     else:

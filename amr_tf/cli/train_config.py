@@ -94,7 +94,7 @@ def check_sizes(args, ds) -> None:
         raise AmrError(f"--batch_size {args.batch_size} is more than {MAX_BATCH_SIZE} (a batch may hold at most "
                        f"the {len(ds.train_pairs)} training pairs anyway)")
     if args.model != "POP":
-        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.embed_dim, "--emb1_K", AmrError)
+        check_model_fits(ds.num_users, ds.num_items, ds.feature_dim, args.embed_dim, flag_name("embed_dim"), AmrError)
 
 
 def pretrained_args(args) -> list[tuple[str, str]]:
