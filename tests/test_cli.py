@@ -173,3 +173,19 @@ def test_tune_guards_its_output_directory_as_train_does(tmp_path, capsys, comman
     assert "already holds files (notes.txt)" in line and "--overwrite to move it aside" in line
     assert sorted(p.name for p in other.iterdir()) == [".amr_tf.lock", "notes.txt"]  # the lock, as train's
     assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_console_script_and_module_reach_the_same_main():
+    """pyproject's ``amr-tf`` entry point (``amr_tf.cli:main``, through the package's lazy names) and
+    ``python -m amr_tf`` (``amr_tf/__main__.py``) both run :func:`amr_tf.cli.entry.main`."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    import amr_tf.__main__
+    from amr_tf.cli.entry import main as entry_main
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    value = project["project"]["scripts"]["amr-tf"]
+    script = importlib.metadata.EntryPoint(name="amr-tf", value=value, group="console_scripts").load()
+    assert script is entry_main is amr_tf.__main__.main is main

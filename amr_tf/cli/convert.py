@@ -7,6 +7,7 @@ from amr_tf.errors import AmrError
 
 
 def cmd_convert(args) -> int:
+    """Write the original release's pickled ``[P, Q, E]`` as a VBPR checkpoint, checked against a dataset if given."""
     import numpy as np
 
     from amr_tf.checkpoints import load_original_npy, read_original_npy, save_checkpoint

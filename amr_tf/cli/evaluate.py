@@ -8,6 +8,7 @@ from amr_tf.flags import flag_name
 
 
 def cmd_evaluate(args) -> int:
+    """Print the metrics of a checkpoint (or of ``--model POP``) on the dataset's test and validation splits."""
     from amr_tf.checkpoints import load_checkpoint, load_original_npy
     from amr_tf.evaluation import evaluate
     from amr_tf.training import build_model

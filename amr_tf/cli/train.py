@@ -20,6 +20,7 @@ from amr_tf.models import registry
 
 
 def cmd_train(args) -> int:
+    """Train (``--resume``: continue) one run into ``--weight_dir``; print its test metrics."""
     from amr_tf.checkpoints import checkpoint_exists, read_manifest
     from amr_tf.evaluation import evaluate
     from amr_tf.run_dir import claimed_run_directory, refuse_non_directory
