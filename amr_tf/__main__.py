@@ -2,7 +2,7 @@
 
 import sys
 
-from amr_tf.cli import main  # importing amr_tf quiets TensorFlow's start-up (amr_tf._startup)
+from amr_tf.cli.entry import main  # importing amr_tf quiets TensorFlow's start-up (amr_tf._startup)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,13 +63,32 @@ def candidate_ranks(cand_scores):
 
 
 def _sampled_chunk(user_vecs, item_vecs, candidates, gather=False):
-    """Ranks of column 0 of ``candidates`` among each row's candidates."""
+    """Scores of each row's ``candidates`` (chunk x candidates, float32)."""
     if gather:  # few candidates: batched dot products with the candidates' vectors
-        cand_scores = tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
+        return tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
+    scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
+    return tf.gather(scores, candidates, batch_dims=1)
+
+
+def sampled_scores(user_vecs, item_vecs, users, cands, max_chunk_entries: int = 1 << 24):
+    """The candidates' scores of the sampled protocol, one user chunk at a time (a generator of
+    chunk x candidates float32 tensors, in row order): row k is ``users[k]`` scoring ``cands[k]``.
+
+    The chunks bound memory as :func:`rank_test_items` describes: all items scored with one matrix
+    product per chunk, or, when the catalogue is much larger than the candidate lists, the
+    candidates' vectors gathered and dotted.
+    """
+    num_items = int(item_vecs.shape[0])
+    gather = cands.ndim == 2 and num_items > _GATHER_RATIO * cands.shape[1]
+    if gather:
+        per_user = max(cands.shape[1] * int(item_vecs.shape[1]), 1)
+        chunk = min(max_chunk_entries, _GATHER_BLOCK) // per_user
     else:
-        scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
-        cand_scores = tf.gather(scores, candidates, batch_dims=1)
-    return candidate_ranks(cand_scores)
+        chunk = min(max_chunk_entries, _SCORE_BLOCK) // max(num_items, 1)
+    chunk = max(1, min(len(cands), chunk))
+    for start in range(0, len(cands), chunk):
+        block = np.arange(start, min(start + chunk, len(cands)))
+        yield _sampled_chunk(tf.gather(user_vecs, users[block]), item_vecs, tf.constant(cands[block]), gather)
 
 
 def excluded_entries(train_matrix, users, positives):
@@ -174,19 +193,20 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
             ranks.append(full_ranks_block(tf.gather(user_vecs, users), item_vecs,
                                           tf.constant(cands[block, 0]), excluded, item_block).numpy())
         return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros(0, np.int64)
-    gather = cands.ndim == 2 and num_items > _GATHER_RATIO * cands.shape[1]
-    if gather:
-        per_user = max(cands.shape[1] * int(item_vecs.shape[1]), 1)
-        chunk = min(max_chunk_entries, _GATHER_BLOCK) // per_user
-    else:
-        chunk = budget // max(num_items, 1)
-    chunk = max(1, min(len(cands), chunk))
-    ranks = []
-    for start in range(0, len(cands), chunk):
-        block = np.arange(start, min(start + chunk, len(cands)))
-        ranks.append(_sampled_chunk(tf.gather(user_vecs, split_users[block]), item_vecs,
-                                    tf.constant(cands[block]), gather).numpy())
+    ranks = [candidate_ranks(scores).numpy()
+             for scores in sampled_scores(user_vecs, item_vecs, split_users, cands, max_chunk_entries)]
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+
+
+def candidate_scores(model, dataset, split: str = "test", features=None, vectors=None,
+                     max_chunk_entries: int = 1 << 24) -> np.ndarray:
+    """``s(users[k], candidates[k, n])`` for every row of ``split`` (rows x candidates, float32; the
+    rows of :func:`split_rows`), scored exactly as :func:`rank_test_items`' sampled protocol ranks
+    them (``features``, ``vectors`` as there). The certificate and the shared attack read these."""
+    split_users, cands = split_rows(dataset, split)
+    user_vecs, item_vecs = vectors if vectors is not None else model_vectors(model, features)
+    out = [s.numpy() for s in sampled_scores(user_vecs, item_vecs, split_users, cands, max_chunk_entries)]
+    return np.concatenate(out) if out else np.zeros((0, cands.shape[1]), np.float32)
 
 
 def model_vectors(model, features=None):

@@ -88,10 +88,17 @@ def negatives_count(text: str) -> int | None:
     return None if text == "max" else positive_int(text)
 
 
-#: The original release's flag names (still the command line's, through ``dest=``) -> the code's names.
-#: Runs and checkpoints written before the code took one vocabulary record the old names in their
-#: manifest's ``"args"``; :func:`modern_arg_names` reads them.
-LEGACY_ARG_NAMES = {"lmd": "adv_weight", "epsilon": "eps", "emb1_K": "embed_dim"}
+#: The one table of flag names: the code's name of a flag (its argparse ``dest``) -> the original
+#: release's name, which the command line keeps (``--emb1_K``, with ``--embed_dim`` as an alias).
+ORIGINAL_FLAG_NAMES = {"adv_weight": "lmd", "eps": "epsilon", "embed_dim": "emb1_K"}
+#: The same table read the other way: runs and checkpoints written before the code took one
+#: vocabulary record the original names in their manifest's ``"args"``; :func:`modern_arg_names` reads them.
+LEGACY_ARG_NAMES = {original: dest for dest, original in ORIGINAL_FLAG_NAMES.items()}
+
+
+def flag_name(dest: str) -> str:
+    """The command line's flag for a destination: ``"embed_dim"`` -> ``"--emb1_K"``, ``"lr"`` -> ``"--lr"``."""
+    return "--" + ORIGINAL_FLAG_NAMES.get(dest, dest)
 
 
 def modern_arg_names(args: dict) -> dict:

@@ -7,12 +7,62 @@ unless it resumes the run there or moves the old contents aside, whole, to a tim
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 from amr_tf.errors import AmrError
-from amr_tf.io import LOCK_NAME, recorded_writer_tags, temp_file_tag
+from amr_tf.io import LOCK_NAME, directory_lock, recorded_writer_tags, remove_stale_temp_files, temp_file_tag
 from amr_tf.safe_io import read_json
+
+
+def refuse_non_directory(path, flag: str) -> None:
+    """An ``error:`` when ``flag``'s ``path`` exists (or is a dangling link) and is not a directory."""
+    if path and (Path(path).exists() or Path(path).is_symlink()) and not Path(path).is_dir():
+        raise AmrError(f"{path}: {flag} is not a directory (a file is in the way)")
+
+
+@contextlib.contextmanager
+def claimed_run_directory(path: Path, flag: str, overwrite: bool, stamp: str, *, process: str = "training",
+                          has_checkpoint: bool = False, resuming: bool | None = None):
+    """Hold the output directory of one run (``train --weight_dir``, ``tune --out``) for the block.
+
+    The directory (created if absent) is locked against another process writing to it; the
+    temporary files a killed writer of it left behind are removed; anything another run wrote
+    there (:func:`foreign_entries`) is refused, unless ``overwrite`` first moves the old contents,
+    whole, to a timestamped sibling (:func:`move_aside`: nothing is deleted). ``resuming``: the
+    command is continuing the run there (``None``: a command that cannot resume); with
+    ``has_checkpoint`` everything there belongs to that run.
+    """
+    try:
+        with directory_lock(path):
+            occupied = foreign_entries(path, has_checkpoint, bool(resuming))
+            if occupied and not overwrite:
+                shown = ", ".join(occupied[:5]) + (", ..." if len(occupied) > 5 else "")
+                raise AmrError(
+                    f"{path}: already holds {'a run' if resuming else 'files'} ({shown}); "
+                    + ("--resume found no 'last' checkpoint to continue from; " if resuming else "")
+                    + ("pass --resume to continue it, " if resuming is not None else "pass ")
+                    + f"--overwrite to move it aside and start afresh, or choose another {flag}"
+                )
+            if not occupied:
+                _remove_stale(path)
+                yield path
+                return
+            aside = move_aside(path, stamp)
+            print(f"--overwrite: moved the previous contents of {path} to {aside}")
+            with directory_lock(path):  # a fresh directory, locked before the old lock is released
+                _remove_stale(path)
+                yield path
+    except BlockingIOError:
+        raise AmrError(f"{path}: another {process} process is writing to this directory; wait for it to "
+                       f"finish or choose another {flag}") from None
+
+
+def _remove_stale(path: Path) -> None:
+    removed = remove_stale_temp_files(path)  # only files named with a writer tag recorded in the lock
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted run in {path}")
 
 
 def foreign_entries(weight_dir: Path, has_checkpoint: bool, resuming: bool) -> list[str]:

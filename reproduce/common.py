@@ -242,6 +242,7 @@ class Run:
     _metrics: dict | None = None
     _val: dict | None = None
     _ranks: np.ndarray | None = None
+    _per_user: dict | None = None
 
     def ranks(self, ctx) -> np.ndarray:
         if self._ranks is None:
@@ -249,6 +250,12 @@ class Run:
 
             self._ranks = rank_test_items(self.model, ctx.dataset, protocol=ctx.settings.protocol)
         return self._ranks
+
+    def per_user(self, ctx) -> dict:
+        """:func:`per_user_metrics` of the cached :meth:`ranks`, computed once per run."""
+        if self._per_user is None:
+            self._per_user = per_user_metrics(self.ranks(ctx))
+        return self._per_user
 
     def metrics(self, ctx) -> dict:
         """Clean test HR/NDCG@5/10/20 of the (selected) model, from the cached :meth:`ranks` (as ``evaluate``)."""
@@ -929,8 +936,8 @@ def compare(ctx, runs_a: list[Run], runs_b: list[Run], metrics=METRICS) -> list[
     by_seed_b = {r.seed: r for r in runs_b}
     pairs = [(a, by_seed_b.get(a.seed, runs_b[0] if len(runs_b) == 1 else None)) for a in runs_a]
     pairs = [(a, b) for a, b in pairs if b is not None]
-    per_a = [per_user_metrics(a.ranks(ctx)) for a, _ in pairs]  # once per run, not once per metric
-    per_b = [per_user_metrics(b.ranks(ctx)) for _, b in pairs]
+    per_a = [a.per_user(ctx) for a, _ in pairs]  # once per run, not once per metric or comparison
+    per_b = [b.per_user(ctx) for _, b in pairs]
     users_a = {m: np.mean([p[m] for p in per_a], axis=0) for m in metrics}
     users_b = {m: np.mean([p[m] for p in per_b], axis=0) for m in metrics}
     out = []

@@ -40,7 +40,7 @@ def figure(ctx, amr, vbpr):
         ax.set_xlim(-0.2, 1.35)
         ax.set_title(f"{metric} per seed (paired)")
         ax.grid(alpha=0.3)
-    diff = np.mean([common.per_user_metrics(a.ranks(ctx))["NDCG@10"] - common.per_user_metrics(b.ranks(ctx))["NDCG@10"]
+    diff = np.mean([a.per_user(ctx)["NDCG@10"] - b.per_user(ctx)["NDCG@10"]
                     for a, b in zip(amr, vbpr)], axis=0)
     nonzero = diff[diff != 0]
     ax = axes[2]

@@ -258,6 +258,7 @@ class Study:
         self.trained = self.reused = 0
         self.cached_only = cached_only
         self.missing: list[str] = []  # with cached_only: the runs not in the cache, left out
+        self.per_user = PerUserMetrics()
 
     def _key(self, data, label, seed, eps) -> str:
         s = self.s
@@ -289,7 +290,7 @@ class Study:
         record.update({"cap": self.s.n_label(n), "key": key})
         atomic_write_text(path, common.to_json(record))
         self.trained += 1
-        val = common.per_user_metrics(record["val_ranks"])["NDCG@10"].mean()
+        val = self.per_user(record, "val")["NDCG@10"].mean()
         self.log(f"  n={self.s.n_label(n):>3} {label:6s} seed {seed}{'' if eps is None else f' eps {eps}'}: "
                  f"best epoch {record['best_epoch']}/{record['epochs_run']} (every {record['eval_every']}), "
                  f"val NDCG@10 {val:.4f}, {record['train_seconds']:.1f} s")
@@ -417,17 +418,33 @@ def _labels(s) -> tuple:
     return (POPULARITY,) + tuple(s.models)
 
 
-def _as_run(record, label=None, mask=None) -> common.Run:
-    """A :class:`reproduce.common.Run` holding a record's test ranks (all users, or those of ``mask``)."""
-    ranks = np.asarray(record["test_ranks"])
+class PerUserMetrics:
+    """Per-user metrics (:func:`reproduce.common.per_user_metrics`) of a record's stored ranks of a split
+    (``"test"`` or ``"val"``), computed once per record and split however many tables read them.
+    The records themselves are left as the cache holds them."""
+
+    def __init__(self):
+        self._memo = {}  # (id(record), split) -> (record, metrics); the record is held so its id stays its own
+
+    def __call__(self, record, split: str = "test") -> dict:
+        key = (id(record), split)
+        if key not in self._memo:
+            self._memo[key] = (record, common.per_user_metrics(record[f"{split}_ranks"]))
+        return self._memo[key][1]
+
+
+def _as_run(record, per_user: PerUserMetrics, label=None, mask=None) -> common.Run:
+    """A :class:`reproduce.common.Run` holding a record's test ranks and per-user metrics (all users,
+    or those of ``mask``)."""
+    ranks, metrics = np.asarray(record["test_ranks"]), per_user(record)
     if mask is not None:
-        ranks = ranks[mask]
+        ranks, metrics = ranks[mask], {m: v[mask] for m, v in metrics.items()}
     return common.Run(label or record["model"], record["seed"], None, record.get("history", []),
-                      float(record["train_seconds"]), True, record.get("key"), {}, _ranks=ranks)
+                      float(record["train_seconds"]), True, record.get("key"), {}, _ranks=ranks, _per_user=metrics)
 
 
-def _val_ndcg(record) -> float:
-    return float(common.per_user_metrics(record["val_ranks"])["NDCG@10"].mean())
+def _val_ndcg(record, per_user: PerUserMetrics) -> float:
+    return float(per_user(record, "val")["NDCG@10"].mean())
 
 
 def collect(ctx, s: Settings, study: Study) -> tuple[dict, dict, dict]:
@@ -451,7 +468,7 @@ def collect(ctx, s: Settings, study: Study) -> tuple[dict, dict, dict]:
             grid = {eps: runs for eps, runs in grid.items() if runs}
             if not grid:
                 continue
-            scores = {eps: float(np.mean([_val_ndcg(r) for r in runs])) for eps, runs in grid.items()}
+            scores = {eps: float(np.mean([_val_ndcg(r, study.per_user) for r in runs])) for eps, runs in grid.items()}
             best = max(scores, key=scores.get)
             chosen[n] = {"eps": best, "val_NDCG@10_by_eps": scores}
             records[(n, "AMR")] = grid[best]
@@ -460,14 +477,13 @@ def collect(ctx, s: Settings, study: Study) -> tuple[dict, dict, dict]:
     return records, datasets, chosen
 
 
-def _run_rows(s, records) -> list[dict]:
+def _run_rows(s, records, per_user: PerUserMetrics) -> list[dict]:
     rows = []
     for (n, label), recs in records.items():
         if label.startswith("AMR eps="):
             continue
         for r in recs:
-            test = common.per_user_metrics(r["test_ranks"])
-            val = common.per_user_metrics(r["val_ranks"])
+            test, val = per_user(r), per_user(r, "val")
             rows.append({"cap": s.n_label(n), "model": label, "seed": r["seed"], "eps": r.get("eps"),
                          "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"], "eval_every": r["eval_every"],
                          "stopped_early": r["stopped_early"], "train_seconds": r["train_seconds"],
@@ -476,7 +492,7 @@ def _run_rows(s, records) -> list[dict]:
     return rows
 
 
-def _comparisons(ctx, s, records, mask_of=None) -> list[dict]:
+def _comparisons(ctx, s, records, per_user: PerUserMetrics, mask_of=None) -> list[dict]:
     """Paired tests of every :data:`COMPARISONS` pair at every n (``mask_of(n, seed)``: users to keep)."""
     out = []
     for n in s.ns:
@@ -488,8 +504,8 @@ def _comparisons(ctx, s, records, mask_of=None) -> list[dict]:
             if not seeds:
                 continue
             masks = {seed: None if mask_of is None else mask_of(n, seed) for seed in seeds}
-            runs_a = [_as_run(r, a, masks[r["seed"]]) for r in records[(n, a)] if r["seed"] in masks]
-            runs_b = [_as_run(r, b, masks[r["seed"]]) for r in records[(n, b)] if r["seed"] in masks]
+            runs_a = [_as_run(r, per_user, a, masks[r["seed"]]) for r in records[(n, a)] if r["seed"] in masks]
+            runs_b = [_as_run(r, per_user, b, masks[r["seed"]]) for r in records[(n, b)] if r["seed"] in masks]
             if min(len(r.ranks(ctx)) for r in runs_a) == 0:
                 continue
             for row in common.compare(ctx, runs_a, runs_b, metrics=MAIN_METRICS):
@@ -497,7 +513,7 @@ def _comparisons(ctx, s, records, mask_of=None) -> list[dict]:
     return out
 
 
-def _items(ctx, s, records) -> tuple[list[dict], list[dict]]:
+def _items(ctx, s, records, per_user: PerUserMetrics) -> tuple[list[dict], list[dict]]:
     """The item arm: per n, bucket and model, NDCG@10/HR@10 over the users of that bucket; and the tests.
 
     The buckets count the test item's pairs in the full training data (the same users in a bucket
@@ -516,14 +532,15 @@ def _items(ctx, s, records) -> tuple[list[dict], list[dict]]:
                     continue
                 vals = {m: [] for m in MAIN_METRICS}
                 for r in records[(n, label)]:
-                    per = common.per_user_metrics(np.asarray(r["test_ranks"])[members])
+                    per = per_user(r)
                     for m in MAIN_METRICS:
-                        vals[m].append(float(per[m].mean()))
+                        vals[m].append(float(per[m][members].mean()))
                 row = {"cap": s.n_label(n), "bucket": bucket_label(b), "users": users, "model": label}
                 for m in MAIN_METRICS:
                     row[f"{m}_mean"], row[f"{m}_std"] = common.mean_std(vals[m])
                 rows.append(row)
-            for row in _comparisons(ctx, dataclasses.replace(s, ns=(n,)), records, mask_of=lambda n_, seed: members):
+            for row in _comparisons(ctx, dataclasses.replace(s, ns=(n,)), records, per_user,
+                                    mask_of=lambda n_, seed: members):
                 tests.append({"bucket": bucket_label(b), "users": users, **row})
     return rows, tests
 
@@ -611,16 +628,16 @@ def run(ctx) -> dict:
     study = Study(ctx.dataset, s, cache, ctx.log, cached_only=bool(getattr(ctx.args, "cached_only", False)))
     records, datasets, chosen = collect(ctx, s, study)
 
-    rows = _run_rows(s, records)
+    rows = _run_rows(s, records, study.per_user)
     metric_cols = list(common.METRICS)
     ctx.write_csv("runs.csv", rows, ["cap", "model", "seed", "eps", "best_epoch", "epochs_run", "eval_every",
                                      "stopped_early", "train_seconds", "val_NDCG@10", "val_HR@10"] + metric_cols)
     agg = common.aggregate(rows, ["model", "cap"], metrics=metric_cols + ["val_NDCG@10", "best_epoch", "train_seconds"])
     ctx.write_csv("results.csv", agg, ["model", "cap", "n"] + [f"{m}_{x}" for m in metric_cols + ["val_NDCG@10"]
                                                                    for x in ("mean", "std")])
-    comparison = _comparisons(ctx, s, records)
+    comparison = _comparisons(ctx, s, records, study.per_user)
     ctx.write_csv("comparison.csv", comparison, ["cap"] + common.COMPARE_COLUMNS)
-    item_rows, item_tests = _items(ctx, s, records)
+    item_rows, item_tests = _items(ctx, s, records, study.per_user)
     ctx.write_csv("items.csv", item_rows, ["cap", "bucket", "users", "model"]
                   + [f"{m}_{x}" for m in MAIN_METRICS for x in ("mean", "std")])
     ctx.write_csv("items_comparison.csv", item_tests, ["bucket", "users", "cap"] + common.COMPARE_COLUMNS)

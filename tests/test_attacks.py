@@ -153,3 +153,15 @@ def test_invalid_uses_raise_project_errors(model, tiny_dataset):
         feature_perturbation(mf, tiny_dataset, "grad", 0.1)
     with pytest.raises(AmrError, match="step"):
         pgd_l2(lambda x: tf.reduce_sum(x), tiny_dataset.features, 0.1, steps=0)
+
+
+def test_random_in_l2_ball_streams():
+    """``streams`` names the two stateless streams: ``stream=s`` is ``streams=(2s, 2s+1)``; another
+    direction or radius stream draws another sample (the shared attack's restarts use their own)."""
+    x = tf.zeros((50, 6))
+    draw = lambda **kw: random_in_l2_ball(x, 0.5, seed=4, **kw).numpy()  # noqa: E731
+    np.testing.assert_array_equal(draw(stream=3), draw(streams=(6, 7)))
+    assert not np.array_equal(draw(streams=(6, 7)), draw(streams=(6, 8)))
+    assert not np.array_equal(draw(streams=(6, 7)), draw(streams=(5, 7)))
+    radii = np.linalg.norm(draw(streams=(2, 1002)), axis=1)
+    assert radii.max() <= 0.5 * (1 + 1e-6) and radii.min() < 0.4  # inside the ball, not on its sphere

@@ -182,5 +182,29 @@ def test_bad_arguments(tiny_dataset, rng):
         certify(model, ds, -0.1)
     with pytest.raises(AmrError, match="split"):
         certify(model, ds, 0.1, split="train")
-    with pytest.raises(AmrError, match="no validation candidates"):
+    with pytest.raises(AmrError, match="no validation split"):
         certify(model, ds, 0.1, split="validation")
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_candidate_scores_are_the_brute_force_scores(tiny_dataset, rng, gather):
+    """The scores the certificate and the shared attack read (``evaluation.candidate_scores``, the
+    sampled protocol's chunks) equal NumPy's ``p_u . v_c`` on both scoring paths (all items scored,
+    or the candidates' vectors gathered: a catalogue > 20x the candidate lists), and rank as
+    ``rank_test_items`` does."""
+    from amr_tf.evaluation import candidate_scores, sampled_scores, split_rows
+
+    ds = tiny_dataset
+    model = vbpr(ds, rng)
+    users, cands = split_rows(ds)
+    user_vecs, item_vecs = model.user_vectors(), model.item_vectors()
+    reference = np.einsum("uk,unk->un", user_vecs.numpy().astype(np.float64),
+                          item_vecs.numpy().astype(np.float64)[cands])
+    if gather:  # the same rows against a catalogue padded to more than 20x the candidate lists
+        item_vecs = tf.concat([item_vecs, tf.ones((20 * cands.shape[1] * 2, item_vecs.shape[1]))], axis=0)
+        scores = np.concatenate([s.numpy() for s in sampled_scores(user_vecs, item_vecs, users, cands, 64)])
+    else:
+        scores = candidate_scores(model, ds)
+        np.testing.assert_array_equal(np.sum(scores[:, 1:] >= scores[:, :1], axis=1), rank_test_items(model, ds))
+    assert scores.shape == cands.shape and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-5)

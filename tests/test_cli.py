@@ -115,3 +115,77 @@ def test_filtered_stderr_keeps_real_messages(capfd):
         os.write(2, b"E0000 00:00:1796171551.842545    6631 something_else.cc:12] a real problem\n")
     err = capfd.readouterr().err
     assert "a real problem" in err and "cudart_stub" not in err and "InitializeLog" not in err
+
+
+def test_one_table_of_flag_names():
+    """``flags.ORIGINAL_FLAG_NAMES`` is the parser's, the manifest reader's and ``tune``'s mapping:
+    ``tune``'s ``train`` arguments parse back to the same values under the original names."""
+    from amr_tf.flags import ORIGINAL_FLAG_NAMES, flag_name, modern_arg_names
+    from amr_tf.tuning.search import flags_text
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest: a.option_strings for a in train._actions}
+    for dest, original in ORIGINAL_FLAG_NAMES.items():
+        assert options[dest][0] == flag_name(dest) == f"--{original}"
+    flags = {"lr": [0.5, 0.25, 0.125], "embed_dim": 16, "eps": 0.5, "adv_weight": 2.0, "epoch": 7}
+    text = flags_text(flags)
+    assert text == "--lr [0.5,0.25,0.125] --emb1_K 16 --epsilon 0.5 --lmd 2 --epoch 7"
+    args = build_parser().parse_args(["train", *text.split()])
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in flags} == flags
+    assert modern_arg_names({"emb1_K": 16, "lmd": 2.0, "epsilon": 0.5, "seed": 1}) == {
+        "embed_dim": 16, "adv_weight": 2.0, "eps": 0.5, "seed": 1}
+
+
+def _output_dir_command(command, directory):
+    """``train`` or ``tune`` writing into ``directory`` (tiny settings; refused before any training)."""
+    if command == "train":
+        return ["train", "--dataset", "synthetic", "--model", "VBPR", "--emb1_K", "4", "--epoch", "1", "--quiet",
+                "--weight_dir", str(directory)]
+    return ["tune", "--dataset", "synthetic", "--validation", "holdout", "--max-trials", "1", "--max-epochs", "1",
+            "--out", str(directory)]
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_tune_guards_its_output_directory_as_train_does(tmp_path, capsys, command):
+    """One guard for ``train --weight_dir`` and ``tune --out``: a file or a dangling link in the way,
+    a directory another process holds, another run's files: each is one ``error:`` line naming the
+    directory, and nothing there is changed."""
+    from amr_tf.io import directory_lock
+
+    def refused(directory):
+        assert main(_output_dir_command(command, directory)) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {directory}: "), err
+        return err[0]
+
+    (tmp_path / "file").write_text("x")
+    assert "is not a directory (a file is in the way)" in refused(tmp_path / "file")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert "is not a directory" in refused(tmp_path / "link") and not (tmp_path / "nowhere").exists()
+    busy = tmp_path / "busy"
+    with directory_lock(busy):
+        assert "process is writing to this directory" in refused(busy)
+    assert sorted(p.name for p in busy.iterdir()) == [".amr_tf.lock"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    line = refused(other)
+    assert "already holds files (notes.txt)" in line and "--overwrite to move it aside" in line
+    assert sorted(p.name for p in other.iterdir()) == [".amr_tf.lock", "notes.txt"]  # the lock, as train's
+    assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_console_script_and_module_reach_the_same_main():
+    """pyproject's ``amr-tf`` entry point (``amr_tf.cli:main``, through the package's lazy names) and
+    ``python -m amr_tf`` (``amr_tf/__main__.py``) both run :func:`amr_tf.cli.entry.main`."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    import amr_tf.__main__
+    from amr_tf.cli.entry import main as entry_main
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    value = project["project"]["scripts"]["amr-tf"]
+    script = importlib.metadata.EntryPoint(name="amr-tf", value=value, group="console_scripts").load()
+    assert script is entry_main is amr_tf.__main__.main is main

@@ -26,7 +26,14 @@ LAYERS = {
     "amr_tf.attacks": 5, "amr_tf.checkpoints": 5,
     "amr_tf.callbacks": 6, "amr_tf.pretrained": 6, "amr_tf.run_record": 6,
     "amr_tf.training": 7,
-    "amr_tf.cli": 8, "amr_tf.__main__": 8, "amr_tf.tuning": 8,
+    "amr_tf.tuning": 8,
+    # The command line, bottom up inside the package (amr_tf/cli/__init__.py lists them).
+    "amr_tf.cli.exits": 8.1, "amr_tf.cli.arguments": 8.1, "amr_tf.cli.common": 8.1,
+    "amr_tf.cli.train_config": 8.2,
+    "amr_tf.cli.train": 8.3, "amr_tf.cli.tune": 8.3, "amr_tf.cli.evaluate": 8.3, "amr_tf.cli.convert": 8.3,
+    "amr_tf.cli.parser": 8.4,
+    "amr_tf.cli.entry": 8.5,
+    "amr_tf.cli": 8.6, "amr_tf.__main__": 8.6,
 }
 # ``amr_tf.datasets``' __init__ holds only the embedded data's folder (which the loader's registry names).
 FACADES = {"amr_tf", "amr_tf.models", "amr_tf.attacks", "amr_tf.data", "amr_tf.datasets", "amr_tf.vision"}

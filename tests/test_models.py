@@ -207,3 +207,48 @@ def test_features_are_stored_once_and_read_by_rows(tiny_dataset):
     chunked = (model.Q + model.visual_vectors(chunk_bytes=4 * tiny_dataset.feature_dim * 7)).numpy()
     np.testing.assert_allclose(chunked, full, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(full, model.Q.numpy() + tiny_dataset.features @ model.E.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_linearity_declaration_follows_the_scoring_through_inheritance():
+    """``visual_projection_is_linear`` is a class's own declaration for the scoring it defines: kept by
+    subclasses that score alike (AMR, the DUIF diamond), dropped by one that changes a scoring
+    method, directly or through a mixin placed before the model, and re-declarable either way."""
+    from amr_tf.models.duif import DUIF, AdversarialDUIF
+
+    class Mixin:  # not a model: changes the score of whatever it is mixed into
+        def batch_visual(self, batch, feature_rows=None):
+            return 2.0 * super().batch_visual(batch, feature_rows)
+
+    class Mixed(Mixin, AMR):
+        pass
+
+    class Changed(AMR):
+        def item_rows_from_visual(self, batch, visual):
+            return super().item_rows_from_visual(batch, visual)
+
+    class Redeclared(Changed):
+        visual_projection_is_linear = True
+
+    class BelowRedeclared(Redeclared):  # scores as the class that declared it
+        pass
+
+    class DeclaredNot(AMR):
+        visual_projection_is_linear = False
+
+    linear = {cls: cls.visual_projection_is_linear for cls in
+              (MFBPR, VBPR, AMR, DUIF, AdversarialDUIF, Mixed, Changed, Redeclared, BelowRedeclared, DeclaredNot)}
+    assert linear == {MFBPR: False, VBPR: True, AMR: True, DUIF: True, AdversarialDUIF: True, Mixed: False,
+                      Changed: False, Redeclared: True, BelowRedeclared: True, DeclaredNot: False}
+
+
+def test_duif_batches_gather_no_item_embeddings(rng):
+    """DUIF's batch reads no row of its zero ``Q``; its batch vectors are ``c_i E`` (NumPy)."""
+    from amr_tf.models.duif import DUIF
+
+    C, P, Q, E, u, i, j = random_problem(rng)
+    model = DUIF(P.shape[0], Q.shape[0], C, embed_dim=P.shape[1], seed=0)
+    model.E.assign(E)
+    batch = model.batch_items(i, j)
+    assert batch.q_rows is None
+    np.testing.assert_allclose(model.batch_item_vectors(batch).numpy(), (C @ E)[np.concatenate([i, j])],
+                               rtol=1e-5, atol=1e-6)

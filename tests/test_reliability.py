@@ -127,8 +127,9 @@ def test_all_writers_go_through_amr_tf_io():
     """Our modules write files only into atomic_path's temporary file or an in-memory buffer that
     amr_tf.io then writes atomically."""
     offenders = []
-    names = ["cli.py", "callbacks.py", "training.py", "data/dataset.py", "safe_io.py"]
-    names += [f"checkpoints/{p.name}" for p in sorted((ROOT / "amr_tf" / "checkpoints").glob("*.py"))]
+    names = ["callbacks.py", "training.py", "data/dataset.py", "safe_io.py"]
+    for package in ("checkpoints", "cli"):
+        names += [f"{package}/{p.name}" for p in sorted((ROOT / "amr_tf" / package).glob("*.py"))]
     for name in names:
         for n, line in enumerate((ROOT / "amr_tf" / name).read_text().splitlines(), 1):
             if WRITES.search(line) and not re.search(r"\b(tmp|buf)\b", line):

@@ -596,7 +596,7 @@ def _raiser(exc):
                                  "shape [100000000000,64]"),
 ])
 def test_every_failure_is_one_line_with_its_status(monkeypatch, capsys, exc, status, line):
-    import amr_tf.cli as cli
+    import amr_tf.cli.evaluate as cli  # the handler's module (the parser binds cmd_evaluate from it)
 
     if isinstance(exc, str):
         import tensorflow as tf
@@ -608,7 +608,7 @@ def test_every_failure_is_one_line_with_its_status(monkeypatch, capsys, exc, sta
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import amr_tf.cli as cli
+    import amr_tf.cli.evaluate as cli  # the handler's module (the parser binds cmd_evaluate from it)
 
     monkeypatch.setattr(cli, "cmd_evaluate", _raiser(ZeroDivisionError("a bug")))
     with pytest.raises(ZeroDivisionError):

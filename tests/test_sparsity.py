@@ -214,3 +214,31 @@ def test_bad_flags_fail_cleanly(tmp_path, capsys):
         sparsity.main(["--quick", "--models", "VBPR,BPR", "--out", str(tmp_path)])
     assert sparsity.main(["--quick", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_per_user_metrics_once_per_record_and_split(monkeypatch):
+    """The tables read a record's per-user metrics from one computation per record and split; a
+    user subset (the item arm's buckets) is a slice of it, equal to recomputing on the subset."""
+    from reproduce import common
+    from reproduce import sparsity as sp
+
+    calls = []
+    real = common.per_user_metrics
+    monkeypatch.setattr(common, "per_user_metrics", lambda ranks: calls.append(1) or real(ranks))
+    rng = np.random.default_rng(0)
+    a = {"test_ranks": rng.integers(0, 30, 50).tolist(), "val_ranks": rng.integers(0, 30, 50).tolist(),
+         "model": "VBPR", "seed": 0, "train_seconds": 1.0}
+    b = dict(a)  # equal content, another record
+    per_user = sp.PerUserMetrics()
+    for _ in range(3):
+        per_user(a), per_user(a, "val"), per_user(b)
+    assert len(calls) == 3
+    for split in ("test", "val"):
+        want = real(a[f"{split}_ranks"])
+        assert all(np.array_equal(per_user(a, split)[m], want[m]) for m in want)
+    mask = np.arange(50) % 3 == 0
+    run = sp._as_run(a, per_user, mask=mask)
+    want = real(np.asarray(a["test_ranks"])[mask])
+    assert np.array_equal(run.ranks(None), np.asarray(a["test_ranks"])[mask])
+    assert all(np.array_equal(run.per_user(None)[m], want[m]) for m in want)
+    assert len(calls) == 3

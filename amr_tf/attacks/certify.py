@@ -36,56 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from amr_tf.errors import AmrError
-from amr_tf.evaluation import DEFAULT_KS, metrics_from_ranks
-
-SPLITS = ("test", "validation")
-
-# Entries of one chunk's users x items score block (float32): about 8 MB, as the evaluation's.
-_SCORE_BLOCK = 1 << 21
-
-
-def split_candidates(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """``(users, candidates)`` of ``split``: row k of ``candidates`` (the held-out item first, then
-    its negatives) belongs to user ``users[k]``.
-
-    The test split has one row per user (row u is user u); a validation split may cover only some
-    users (``dataset.validation_users``, with ``dataset.validation_candidates``).
-    """
-    if split not in SPLITS:
-        raise AmrError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "test":
-        cands = np.asarray(dataset.test_candidates)
-        users = np.arange(len(cands))
-    else:
-        cands = getattr(dataset, "validation_candidates", None)
-        if cands is None:
-            raise AmrError(f"dataset {dataset.name!r} has no {split} candidates")
-        cands = np.asarray(cands)
-        users = getattr(dataset, "validation_users", None)
-        users = np.arange(len(cands)) if users is None else np.asarray(users)
-    if cands.ndim != 2 or cands.shape[1] < 2 or users.shape != (len(cands),):
-        raise AmrError(f"{split} candidates must have shape (users, 1 + negatives) with one user each, "
-                       f"got {cands.shape} for {users.shape[0]} users")
-    return users, cands
-
-
-def candidate_scores(model, users, cands, features=None, chunk_entries: int = _SCORE_BLOCK):
-    """``s(users[k], cands[k, n])`` for every row k (rows x candidates, float32).
-
-    Scored as :func:`amr_tf.evaluation.rank_test_items` does when the catalogue is not much larger
-    than the candidate lists: one float32 product of a chunk of users with all item vectors
-    (``features`` overriding the model's item features), then a gather of the candidates.
-    """
-    item_vecs = model.item_vectors(features) if features is not None else model.item_vectors()
-    user_vecs = model.user_vectors()
-    chunk = max(1, chunk_entries // max(int(item_vecs.shape[0]), 1))
-    out = []
-    for start in range(0, len(cands), chunk):
-        rows = np.arange(start, min(start + chunk, len(cands)))
-        scores = tf.matmul(tf.gather(user_vecs, users[rows]), item_vecs, transpose_b=True)
-        out.append(tf.gather(scores, tf.constant(cands[rows]), batch_dims=1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, cands.shape[1]), np.float32)
-
+from amr_tf.evaluation import DEFAULT_KS, candidate_scores, metrics_from_ranks, split_rows
 
 def feature_sensitivity(model) -> np.ndarray:
     """``||E p_u||`` per user (float64): the most one unit of feature change moves any of u's scores.
@@ -134,8 +85,8 @@ class Certifier:
         self.ks = tuple(int(k) for k in ks)
         if not self.ks or min(self.ks) < 1:
             raise AmrError(f"cut-offs must be positive integers, got {ks}")
-        self.users, cands = split_candidates(dataset, split)
-        scores = candidate_scores(model, self.users, cands).astype(np.float64)
+        self.users, cands = split_rows(dataset, split)
+        scores = candidate_scores(model, dataset, split).astype(np.float64)
         self.margins = scores[:, :1] - scores[:, 1:]  # s(u,t) - s(u,j), rows x negatives
         self.sensitivity = feature_sensitivity(model)[self.users]
         self.clean_ranks = ranks_under_shift(self.margins, np.zeros(len(cands)))

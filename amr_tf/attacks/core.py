@@ -110,14 +110,20 @@ def random_l2(x, eps, seed: int = 0) -> tf.Tensor:
     return radius * l2_normalize(_gaussian(tf.shape(x), x.dtype, seed, 0))
 
 
-def random_in_l2_ball(x, eps, seed: int = 0, stream: int = 1) -> tf.Tensor:
-    """Uniform samples of the per-sample L2 ball of radius ``eps`` (direction Gaussian, radius ``eps U^(1/d)``)."""
+def random_in_l2_ball(x, eps, seed: int = 0, stream: int = 1, streams: tuple[int, int] | None = None) -> tf.Tensor:
+    """Uniform samples of the per-sample L2 ball of radius ``eps`` (direction Gaussian, radius ``eps U^(1/d)``).
+
+    The direction and the radius are drawn from the stateless streams ``(seed, 2 stream)`` and
+    ``(seed, 2 stream + 1)``, or from ``streams = (direction stream, radius stream)`` when given
+    (a caller with its own numbering of random restarts keeps its draws).
+    """
     x = _as_tensor(x)
     radius = _per_sample(eps, x, "eps")
-    direction = l2_normalize(_gaussian(tf.shape(x), x.dtype, seed, 2 * stream))
+    direction_stream, radius_stream = streams if streams is not None else (2 * stream, 2 * stream + 1)
+    direction = l2_normalize(_gaussian(tf.shape(x), x.dtype, seed, direction_stream))
     dim = int(np.prod(x.shape[1:])) if x.shape.rank > 1 else 1
     u = tf.random.stateless_uniform(
-        [tf.shape(x)[0]] + [1] * (x.shape.rank - 1), seed=tf.constant([int(seed), 2 * stream + 1], tf.int64),
+        [tf.shape(x)[0]] + [1] * (x.shape.rank - 1), seed=tf.constant([int(seed), int(radius_stream)], tf.int64),
         dtype=x.dtype,
     )
     return radius * direction * tf.pow(u, 1.0 / dim)

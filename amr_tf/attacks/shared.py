@@ -34,9 +34,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from amr_tf.attacks.certify import candidate_scores, split_candidates
+from amr_tf.attacks.core import l2_normalize, project_l2_ball, random_in_l2_ball
 from amr_tf.errors import AmrError
-from amr_tf.evaluation import DEFAULT_KS, candidate_ranks, metrics_from_ranks
+from amr_tf.evaluation import DEFAULT_KS, candidate_ranks, candidate_scores, metrics_from_ranks, split_rows
 
 OBJECTIVES = ("topk", "rank")
 
@@ -50,11 +50,6 @@ class SharedAttack:
     ranks: np.ndarray  # 0-based rank of each user's held-out item under the perturbation
     metrics: dict  # HR@K / NDCG@K at those ranks
     restarts: list  # per restart: (start, temperature, objective, best HR@target_k, best NDCG@target_k)
-
-
-def _project(z, eps):
-    norms = tf.norm(z, axis=1, keepdims=True)
-    return z * tf.minimum(1.0, eps / tf.maximum(norms, 1e-30))
 
 
 def _ranks(margins):
@@ -81,7 +76,7 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
                        f"restarts={restarts}, target_k={target_k}, temperatures={temperatures}")
     if not objectives or any(o not in OBJECTIVES for o in objectives):
         raise AmrError(f"objectives must be a non-empty selection of {OBJECTIVES}, got {objectives}")
-    rows, cands = split_candidates(dataset, split)
+    rows, cands = split_rows(dataset, split)
     n_neg = cands.shape[1] - 1
     kk = min(int(target_k), n_neg)
     features = np.asarray(model.normalised_features().numpy(), np.float32)
@@ -91,7 +86,7 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
     a = tf.constant(users @ R.T, tf.float32)  # a_u = R p_u: z_i . a_u is the change of s(u,i)
     sensitivity = np.linalg.norm(users @ R.T, axis=1)  # = ||E p_u||
     budget = tf.constant(np.where(sensitivity > 0, 2.0 * eps * sensitivity, 1.0)[:, None], tf.float32)
-    clean = candidate_scores(model, rows, cands).astype(np.float64)
+    clean = candidate_scores(model, dataset, split).astype(np.float64)
     clean_margins = tf.constant(clean[:, 1:] - clean[:, :1], tf.float32)
     cand_t = tf.constant(cands)
 
@@ -128,11 +123,9 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
         if start == "zero":
             z = zero
         elif start == "init":
-            z = _project(tf.constant(init @ B, tf.float32), eps)
+            z = project_l2_ball(tf.constant(init @ B, tf.float32), eps)
         else:
-            g = tf.random.stateless_normal(shape, seed=[int(seed), r], dtype=tf.float32)
-            u = tf.random.stateless_uniform((shape[0], 1), seed=[int(seed), 1000 + r], dtype=tf.float32)
-            z = eps * tf.math.l2_normalize(g, axis=1) * u ** (1.0 / shape[1])
+            z = random_in_l2_ball(zero, eps, seed=seed, streams=(r, 1000 + r))  # restart r's own streams
         run_best = score(z)
         if run_best < best:
             best_z, best = z, run_best
@@ -142,7 +135,7 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
                 loss = surrogate(z, objective, temp)
             grad = tape.gradient(loss, z)
             step = eps * (1.0 - t / int(steps))
-            z = _project(z + step * tf.math.l2_normalize(grad, axis=1), eps)
+            z = project_l2_ball(z + step * l2_normalize(grad), eps)
             current = score(z)
             run_best = min(run_best, current)
             if current < best:
@@ -158,6 +151,6 @@ def shared_attack(model, dataset, eps, ks=DEFAULT_KS, split: str = "test", steps
     while over.any():
         delta[over] *= np.float32(1.0 - 1e-6)
         over = np.linalg.norm(delta.astype(np.float64), axis=1) > eps
-    scores = candidate_scores(model, rows, cands, features=features + delta).astype(np.float64)
+    scores = candidate_scores(model, dataset, split, features=features + delta).astype(np.float64)
     ranks = candidate_ranks(scores).numpy()  # the project's one rank definition (float64 scores)
     return SharedAttack(eps=eps, delta=delta, ranks=ranks, metrics=metrics_from_ranks(ranks, tuple(ks)), restarts=log)

@@ -7,21 +7,13 @@ import tensorflow as tf
 
 from amr_tf.errors import AmrError
 from amr_tf.models import adversary as adv
-from amr_tf.models.base import pair_margins
+from amr_tf.models.base import SCORING_METHODS, pair_margins  # noqa: F401 - SCORING_METHODS re-exported
 from amr_tf.models.vbpr import VBPR, project
 
 ADV_TYPES = ("grad", "random")
 #: ``"auto"``: the projected fast path where it applies, else the tape; ``"tape"``: always the reference.
 ADVERSARIES = ("auto", "tape")
-# Methods that define a model's training scores; overriding one of them without declaring
-# ``visual_projection_is_linear`` again turns the projected fast path off.
-SCORING_METHODS = ("batch_forward", "batch_item_vectors", "batch_visual", "item_rows_from_visual")
 _LEGACY_ADV_IMPL = {"projected": "auto", "dense": "tape"}  # configs written before the tape adversary
-
-
-def _defining_class(cls, names):
-    """The most derived class in ``cls``'s MRO that defines one of ``names`` itself."""
-    return next(c for c in cls.__mro__ if any(n in vars(c) for n in names))
 
 
 @keras.saving.register_keras_serializable(package="amr_tf")
@@ -106,10 +98,7 @@ class AMR(VBPR):
     @property
     def uses_projected_adversary(self) -> bool:
         """Whether training takes the projected fast path (scores declared linear in ``c_i E``, ``adversary="auto"``)."""
-        if self.adversary != "auto" or not getattr(self, "visual_projection_is_linear", False):
-            return False
-        cls = type(self)
-        return issubclass(_defining_class(cls, ("visual_projection_is_linear",)), _defining_class(cls, SCORING_METHODS))
+        return self.adversary == "auto" and self.visual_projection_is_linear
 
     def forward_terms(self, p, batch):
         if self.adv_weight == 0.0:  # plain VBPR: no adversary computed

@@ -35,6 +35,11 @@ def _as_pair(values, n, name):
     return values
 
 
+# Methods that define a model's training scores: the declaration ``visual_projection_is_linear``
+# holds for the ones it was made with (:class:`PairwiseModel`).
+SCORING_METHODS = ("batch_forward", "batch_item_vectors", "batch_visual", "item_rows_from_visual")
+
+
 class ItemBatch:
     """The items of one batch: positives then negatives, their unique ids and ID embeddings."""
 
@@ -58,6 +63,21 @@ class PairwiseModel(ServingMixin, keras.Model):
     features, optimisers and seen items, and ``recommend`` / ``export`` serve it
     (:class:`amr_tf.models.serving.ServingMixin`).
     """
+
+    #: Whether the training scores are linear in each item's feature row ``c_i`` through ``c_i E``, so
+    #: that AMR's adversary may take its projected fast path (:mod:`amr_tf.models.amr`). A class
+    #: declares it for the scoring it defines (VBPR does); a subclass that changes one of
+    #: :data:`SCORING_METHODS` without declaring it again is not assumed linear (``__init_subclass__``).
+    visual_projection_is_linear = False
+    _linear_scoring = ()  # the scoring methods the declaration was made for
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        scoring = tuple(getattr(cls, name, None) for name in SCORING_METHODS)
+        if "visual_projection_is_linear" in vars(cls):
+            cls._linear_scoring = scoring
+        elif cls.visual_projection_is_linear and scoring != cls._linear_scoring:
+            cls.visual_projection_is_linear = False  # a changed score never inherits the shortcut
 
     # Names of the weight matrices, one Adagrad optimiser (and learning rate) each.
     parameter_names: tuple[str, ...] = ("P", "Q")
@@ -204,7 +224,11 @@ class PairwiseModel(ServingMixin, keras.Model):
     def batch_items(self, pos, neg) -> ItemBatch:
         items = tf.concat([pos, neg], axis=0)
         unique, index = tf.unique(items)
-        return ItemBatch(variable_rows(self.Q, items), unique, index)
+        return ItemBatch(self.batch_id_rows(items), unique, index)
+
+    def batch_id_rows(self, items):
+        """The ID embeddings ``q_i`` of the batch rows (2B x K): ``ItemBatch.q_rows``."""
+        return variable_rows(self.Q, items)
 
     def batch_item_vectors(self, batch: ItemBatch, feature_rows=None):
         """Clean item vectors of the batch rows (2B x K); ``feature_rows`` (one per distinct item) if features are used."""

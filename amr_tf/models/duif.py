@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from amr_tf.models.amr import AMR
-from amr_tf.models.vbpr import VBPR, project
+from amr_tf.models.vbpr import VBPR
 
 
 @keras.saving.register_keras_serializable(package="amr_tf")
@@ -67,12 +67,9 @@ class DUIF(VBPR):
         """The batch rows' item vectors from the distinct items' visual parts ``c_i E`` (no ``q_i``)."""
         return tf.gather(visual, batch.index)
 
-    def batch_item_vectors(self, batch, feature_rows=None):
-        # ``batch.q_rows`` (rows of the zero Q) is left out: only the visual part, once per distinct item;
-        # ``feature_rows`` (one per distinct item) replace the stored features, for an adversary.
-        if feature_rows is None:
-            feature_rows = self.feature_rows(batch.unique)
-        return self.item_rows_from_visual(batch, project(feature_rows, self.E))
+    def batch_id_rows(self, items):
+        """None: no score reads the zero ``Q``, so a batch gathers none of its rows (``ItemBatch.q_rows``)."""
+        return None
 
 
 @keras.saving.register_keras_serializable(package="amr_tf")

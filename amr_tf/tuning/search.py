@@ -72,12 +72,13 @@ def train_flags(model: str, params: dict, epochs: int) -> dict:
 
 def flags_text(flags: dict) -> str:
     """``flags`` as ``train`` arguments (``--lr [a,b,c] --epoch N ...``)."""
-    names = {"embed_dim": "--emb1_K", "eps": "--epsilon", "adv_weight": "--lmd"}
+    from amr_tf.flags import flag_name
+
     parts = []
     for key, value in flags.items():
         shown = "[" + ",".join(f"{v:.4g}" for v in value) + "]" if isinstance(value, list) else (
             f"{value:.4g}" if isinstance(value, float) else str(value))
-        parts.append(f"{names.get(key, '--' + key)} {shown}")
+        parts.append(f"{flag_name(key)} {shown}")
     return " ".join(parts)
 
 
