@@ -7,7 +7,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-from amr_tf.io import portable_path  # noqa: F401 - re-exported: amr_tf/cli.py imports it from here
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,9 +51,3 @@ def provenance() -> dict:
     """Versions and git commit (with whether the tree had uncommitted changes), recorded in every
     manifest and result file. Computed once per process."""
     return dict(_provenance())
-
-
-def portable_record(record: dict | None) -> dict | None:
-    """``record`` unchanged: ``Dataset.record()`` now records its path with :func:`amr_tf.io.portable_path`
-    itself. Kept only until amr_tf/cli.py (another helper's area) drops its call; then delete it."""
-    return record

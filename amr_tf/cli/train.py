@@ -185,7 +185,6 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
     resumes, then this process's), also while training (``"complete": false``) so that a kill
     loses none of it."""
     from amr_tf.checkpoints import provenance
-    from amr_tf.checkpoints.provenance import portable_record
     from amr_tf.io import atomic_write_text
 
     best = evaluator.best if math.isfinite(evaluator.best) else None
@@ -193,7 +192,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
     summary = {
         "complete": complete,
         "model": name,
-        "dataset": portable_record(ds.record()),
+        "dataset": ds.record(),  # its path package-relative for the embedded data
         "epochs": epochs_done,
         "resumed_from_epoch": resumed_from,
         "train_seconds": round(seconds, 2),
@@ -218,7 +217,7 @@ def _write_summary(weight_dir: Path, ds, args, name, command, final, evaluator, 
 def _config(args) -> dict:
     """The arguments as result files record them; a shipped checkpoint given by name (``--pretrained``)
     is recorded by its package-relative path, not this machine's."""
-    from amr_tf.checkpoints.provenance import portable_path
+    from amr_tf.io import portable_path
 
     config = {k: v for k, v in vars(args).items() if k not in ("handler", "_explicit", "_argv", "verbose_tf")}
     if config.get("pretrained"):
