@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from amr_tf.data.dataset import pair_keys
 from amr_tf.errors import AmrError
 
 DEFAULT_KS = (5, 10, 20)
@@ -62,33 +63,33 @@ def candidate_ranks(cand_scores):
     return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
 
 
-def _sampled_chunk(user_vecs, item_vecs, candidates, gather=False):
-    """Scores of each row's ``candidates`` (chunk x candidates, float32)."""
-    if gather:  # few candidates: batched dot products with the candidates' vectors
-        return tf.einsum("uk,unk->un", user_vecs, tf.gather(item_vecs, candidates))
-    scores = tf.matmul(user_vecs, item_vecs, transpose_b=True)  # (chunk, items)
-    return tf.gather(scores, candidates, batch_dims=1)
-
-
 def sampled_scores(user_vecs, item_vecs, users, cands, max_chunk_entries: int = 1 << 24):
     """The candidates' scores of the sampled protocol, one user chunk at a time (a generator of
     chunk x candidates float32 tensors, in row order): row k is ``users[k]`` scoring ``cands[k]``.
 
     The chunks bound memory as :func:`rank_test_items` describes: all items scored with one matrix
     product per chunk, or, when the catalogue is much larger than the candidate lists, the
-    candidates' vectors gathered and dotted.
+    candidates' vectors gathered (from the item vectors as a NumPy array, :func:`model_vectors`)
+    and dotted.
     """
     num_items = int(item_vecs.shape[0])
     gather = cands.ndim == 2 and num_items > _GATHER_RATIO * cands.shape[1]
     if gather:
         per_user = max(cands.shape[1] * int(item_vecs.shape[1]), 1)
         chunk = min(max_chunk_entries, _GATHER_BLOCK) // per_user
+        item_vecs = np.asarray(item_vecs)
     else:
         chunk = min(max_chunk_entries, _SCORE_BLOCK) // max(num_items, 1)
+        item_vecs = tf.convert_to_tensor(item_vecs)  # once, not per chunk: this path is for smaller catalogues
     chunk = max(1, min(len(cands), chunk))
     for start in range(0, len(cands), chunk):
         block = np.arange(start, min(start + chunk, len(cands)))
-        yield _sampled_chunk(tf.gather(user_vecs, users[block]), item_vecs, tf.constant(cands[block]), gather)
+        chunk_users = tf.gather(user_vecs, users[block])
+        if gather:  # few candidates: batched dot products with the candidates' vectors
+            yield tf.einsum("uk,unk->un", chunk_users, tf.constant(item_vecs[cands[block]]))
+        else:
+            scores = tf.matmul(chunk_users, item_vecs, transpose_b=True)  # (chunk, items)
+            yield tf.gather(scores, tf.constant(cands[block]), batch_dims=1)
 
 
 def excluded_entries(train_matrix, users, positives):
@@ -100,7 +101,7 @@ def excluded_entries(train_matrix, users, positives):
     sub = train_matrix[users]
     rows = np.concatenate([np.repeat(np.arange(len(users)), np.diff(sub.indptr)), np.arange(len(users))])
     items = np.concatenate([sub.indices.astype(np.int64), np.asarray(positives, np.int64)])
-    keys = np.unique(rows * np.int64(train_matrix.shape[1]) + items)  # sorted; duplicates once
+    keys = np.unique(pair_keys(rows, items, train_matrix.shape[1]))  # sorted; duplicates once
     rows, items = keys // train_matrix.shape[1], keys % train_matrix.shape[1]
     order = np.argsort(items, kind="stable")
     return rows[order], items[order]
@@ -117,7 +118,8 @@ def full_ranks_block(user_vecs, item_vecs, positives, excluded, item_block: int)
     """
     n = int(user_vecs.shape[0])
     num_items = int(item_vecs.shape[0])
-    pos_scores = tf.reduce_sum(user_vecs * tf.gather(item_vecs, positives), axis=1)
+    item_vecs = np.asarray(item_vecs)  # blocks are sliced out of the one array (:func:`model_vectors`)
+    pos_scores = tf.reduce_sum(user_vecs * item_vecs[np.asarray(positives)], axis=1)
     threshold = pos_scores[:, None]
     ex_rows, ex_items = excluded
     counts = tf.zeros([n], tf.int32)
@@ -190,8 +192,8 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
             block = np.arange(start, min(start + user_block, len(cands)))
             users = split_users[block]
             excluded = excluded_entries(dataset.train_matrix, users, cands[block, 0])
-            ranks.append(full_ranks_block(tf.gather(user_vecs, users), item_vecs,
-                                          tf.constant(cands[block, 0]), excluded, item_block).numpy())
+            ranks.append(full_ranks_block(tf.gather(user_vecs, users), item_vecs, cands[block, 0], excluded,
+                                          item_block).numpy())
         return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros(0, np.int64)
     ranks = [candidate_ranks(scores).numpy()
              for scores in sampled_scores(user_vecs, item_vecs, split_users, cands, max_chunk_entries)]
@@ -211,8 +213,21 @@ def candidate_scores(model, dataset, split: str = "test", features=None, vectors
 
 def model_vectors(model, features=None):
     """``(user_vectors, item_vectors)`` of ``model``: what every ranking of it reads. Computed once
-    and passed as ``vectors=`` when one model state is ranked on several splits."""
-    return model.user_vectors(), model.item_vectors(features)
+    and passed as ``vectors=`` when one model state is ranked on several splits.
+
+    The item vectors are a NumPy array (the rankings gather and slice it). A model that computes
+    them by row blocks (``item_vector_blocks``, VBPR's ``q_i + c_i E``) fills it block by block:
+    joining the blocks into one tensor would hold the vectors twice (the blocks and the result),
+    244 MiB more at a million items with K = 64."""
+    blocks = getattr(model, "item_vector_blocks", None)
+    if features is not None or blocks is None:
+        return model.user_vectors(), np.asarray(model.item_vectors(features))
+    items = None
+    for start, stop, rows in blocks():
+        if items is None:
+            items = np.empty((model.num_items, rows.shape[1]), rows.dtype.as_numpy_dtype)
+        items[start:stop] = rows.numpy()
+    return model.user_vectors(), items
 
 
 def evaluate(model, dataset, ks=DEFAULT_KS, protocol: str = "sampled", features=None, split: str = "test",

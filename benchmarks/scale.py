@@ -120,7 +120,8 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
     from amr_tf.evaluation import rank_test_items
     from amr_tf.training import _several_steps_per_call, build_model
 
-    res = {"device": _device_name(tf), "rss_start_mib": rss_now()}
+    res = {"device": _device_name(tf), "rss_start_mib": rss_now(),
+           "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     res["load_s"], ds = _timed(load_amr_dir, root, validation="none")
     res.update(items=ds.num_items, users=ds.num_users, pairs=len(ds.train_pairs), dim=ds.feature_dim,
                rss_after_load_mib=rss_now(), feature_file_mib=(root / "f_resnet.npy").stat().st_size / MiB)
@@ -244,10 +245,13 @@ def run_size(label, spec, args, workdir: Path, log) -> dict:
            "--warmup", str(args.warmup), "--batch_size", str(args.batch_size), "--eval_users", str(args.eval_users)]
     t0 = time.perf_counter()
     res = {}
+    env = dict(os.environ)
+    if args.onednn == "off":  # TensorFlow reads it at import: the children get it in their environment
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0"
     # One process per model (see measure); AMR's, first, also evaluates. Progress goes to our stderr.
     for name, extra in (("AMR", []), ("VBPR", ["--no_eval"])):
         proc = subprocess.run(cmd + ["--models", name] + extra, stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=Path(__file__).resolve().parents[1], env=env)
         if proc.returncode != 0:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
@@ -278,6 +282,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default=None, help="where the catalogues are written (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the written catalogues")
+    p.add_argument("--onednn", choices=("default", "off"), default="default",
+                   help="off: TF_ENABLE_ONEDNN_OPTS=0 in the measuring processes. TensorFlow's oneDNN CPU "
+                        "allocator keeps freed buffers for reuse (never returned): at 1M items that is about "
+                        "400 MiB of peak resident memory (docs/performance.md, 'Scale')")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--plot", default=None)

@@ -145,7 +145,9 @@ def cap_user_pairs(ds, n: int | None, seed: int):
     if int(n) < 1:
         raise AmrError(f"sparsity: the cap on training pairs per user must be >= 1, got {n}")
     pairs = ds.train_pairs
-    keys = pairs[:, 0] * ds.num_items + pairs[:, 1]
+    from amr_tf.data.dataset import pair_keys
+
+    keys = pair_keys(pairs[:, 0], pairs[:, 1], ds.num_items)
     distinct = np.unique(keys)  # sorted by user, then item
     users = distinct // ds.num_items
     draw = np.random.default_rng(seed).random(len(distinct))

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from amr_tf.data import TripletSampler, load_amr_dir, make_synthetic, triplet_dataset, write_amr_dir
+from amr_tf.data import AmrDataset, TripletSampler, load_amr_dir, make_synthetic, triplet_dataset, write_amr_dir
 from amr_tf.errors import DataError
 
 
@@ -216,8 +216,11 @@ def test_val_txt_is_read_checked_and_fingerprinted(tmp_path):
 
     h = hashlib.sha256()
     for a in (plain.train_pairs, plain.test_candidates, plain.features):
+        a = np.asarray(a)
+        a = a.astype(np.int64) if a.dtype.kind in "iu" else a  # ids hash as int64, however they are held
         h.update(str(a.dtype).encode() + str(a.shape).encode() + np.ascontiguousarray(a).tobytes())
     assert plain.fingerprint == h.hexdigest()
+    assert plain.train_pairs.dtype == np.int32 and plain.test_candidates.dtype == np.int32  # compact_ids
 
 
 @pytest.mark.parametrize("val,match", [
@@ -383,3 +386,21 @@ def test_record_gives_the_embedded_data_its_package_relative_path(tmp_path, monk
     write_amr_dir(tiny_dataset, tmp_path / "d", cnn="x")
     assert load_amr_dir("d", cnn="x").record()["path"] == "d"
     assert load_amr_dir(tmp_path / "d", cnn="x").record()["path"] == str(tmp_path / "d")
+
+
+def test_int32_ids_combine_in_int64(tmp_path):
+    """Loaded ids are int32 (:func:`compact_ids`), but every (user, item) key is computed in int64:
+    70,000 users x 40,000 items overflow int32 keys, which would make the sampler accept a user's
+    own training item as a negative (and the holdout keep its held-out pair)."""
+    from amr_tf.data.dataset import compact_ids, pair_keys
+
+    pairs = compact_ids(np.array([[69_999, 39_999], [69_999, 5], [3, 7]]))
+    assert pairs.dtype == np.int32
+    assert compact_ids(np.array([[0, 2**31]])).dtype == np.int64  # too large for int32: left as is
+    assert pair_keys(pairs[:, 0], pairs[:, 1], 40_000).tolist() == [69_999 * 40_000 + 39_999, 69_999 * 40_000 + 5,
+                                                                    3 * 40_000 + 7]
+    ds = AmrDataset(70_000, 40_000, np.zeros((40_000, 1), np.float32), pairs,
+                    compact_ids(np.array([[1, 2]])))
+    sampler = TripletSampler(ds, exclude_cold_start="off")
+    users = np.array([69_999, 69_999, 69_999, 3], np.int32)
+    assert sampler._rejected(users, np.array([39_999, 5, 6, 7], np.int32)).tolist() == [True, True, False, True]

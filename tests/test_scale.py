@@ -250,3 +250,27 @@ def test_validation_none_train_matrix_includes_the_folded_validation_pairs(tmp_p
     keys = np.unique(loaded.train_pairs[:, 0] * ds.num_items + loaded.train_pairs[:, 1])
     assert loaded.train_matrix.nnz == len(keys) == len(np.unique(ds.train_pairs[:, 0] * ds.num_items
                                                                  + ds.train_pairs[:, 1])) + len(val)
+
+
+@pytest.mark.parametrize("name", ["VBPR", "DUIF"])
+def test_evaluation_fills_one_array_from_the_models_item_blocks(tiny_dataset, monkeypatch, name):
+    """``model_vectors`` builds the item vectors block by block into one NumPy array (held once, not
+    blocks plus their concatenation), equal to the bit to the model's ``item_vectors()``, and the
+    rankings read the same numbers from it: 7-row blocks here, so the tiny catalogue has many."""
+    from amr_tf.data.features import row_chunks
+    from amr_tf.evaluation import model_vectors
+    from amr_tf.training import build_model
+
+    model = build_model(name, tiny_dataset, seed=0, embed_dim=4)
+    model.E.assign(model.E * 50.0)  # visual parts of the same order as the ID parts
+    monkeypatch.setattr(type(model), "_feature_chunks",
+                        lambda self, chunk_bytes=0: row_chunks(self.num_items, 4 * self.feature_dim, 4 * self.feature_dim * 7))
+    assert len(list(model.item_vector_blocks())) > 3
+    users, items = model_vectors(model)
+    assert isinstance(items, np.ndarray) and items.dtype == np.float32
+    np.testing.assert_array_equal(items, model.item_vectors().numpy())
+    q = 0.0 if name == "DUIF" else model.Q.numpy().astype(np.float64)
+    np.testing.assert_allclose(items, q + np.asarray(tiny_dataset.features, np.float64) @ model.E.numpy(), rtol=1e-5, atol=1e-6)
+    for protocol in ("sampled", "full"):
+        np.testing.assert_array_equal(rank_test_items(model, tiny_dataset, protocol=protocol),
+                                      rank_test_items(model, tiny_dataset, protocol=protocol, vectors=(users, items)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amr_tf.data.dataset import AmrDataset
+from amr_tf.data.dataset import AmrDataset, pair_keys
 from amr_tf.errors import DataError
 from amr_tf.flags import COLD_START_RULES
 
@@ -59,7 +59,7 @@ class TripletSampler:
         self.seed = int(seed)
         self.cold_start_rule = resolve_cold_start_rule(exclude_cold_start, dataset)
         pairs = dataset.train_pairs
-        self._keys = np.unique(pairs[:, 0] * dataset.num_items + pairs[:, 1])
+        self._keys = np.unique(pair_keys(pairs[:, 0], pairs[:, 1], dataset.num_items))
         self._forbidden_items = _never_negative(dataset, self.cold_start_rule)
         allowed = dataset.num_items - self._forbidden_items.sum() - np.diff(dataset.train_matrix.indptr)
         # A user whose training items (plus the cold items) cover the catalogue has no negative.
@@ -72,7 +72,7 @@ class TripletSampler:
         return len(self.dataset.train_pairs)
 
     def _rejected(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = users * self.dataset.num_items + items
+        keys = pair_keys(users, items, self.dataset.num_items)
         pos = np.searchsorted(self._keys, keys)
         pos = np.minimum(pos, len(self._keys) - 1)
         return (self._keys[pos] == keys) | self._forbidden_items[items]

@@ -36,6 +36,7 @@ import dataclasses
 
 import numpy as np
 
+from amr_tf.data.dataset import pair_keys
 from amr_tf.errors import DataError
 
 __all__ = ["carve_holdout"]
@@ -75,8 +76,8 @@ def carve_holdout(ds, seed: int = 0):
         raise DataError(f"{ds.name}: --validation holdout: no user has two distinct training items to hold one out")
     val = np.asarray(rows, dtype=np.int64).reshape(len(users), 1 + n_neg)
     val_users = np.asarray(users, dtype=np.int64)
-    held_key = val_users * ds.num_items + val[:, 0]
-    pair_key = ds.train_pairs[:, 0] * ds.num_items + ds.train_pairs[:, 1]
+    held_key = pair_keys(val_users, val[:, 0], ds.num_items)
+    pair_key = pair_keys(ds.train_pairs[:, 0], ds.train_pairs[:, 1], ds.num_items)
     kept = ds.train_pairs[~np.isin(pair_key, held_key)]
     return dataclasses.replace(
         ds, train_pairs=kept, validation_candidates=val, validation_users=val_users,

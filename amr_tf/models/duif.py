@@ -52,6 +52,10 @@ class DUIF(VBPR):
             return tf.matmul(tf.convert_to_tensor(features, tf.float32), self.E)
         return self.visual_vectors()
 
+    def item_vector_blocks(self):
+        """:meth:`item_vectors` by row blocks (``c_i E``: DUIF has no ID part)."""
+        return self.visual_vector_blocks()
+
     def gather_item_vectors(self, items):
         items = tf.convert_to_tensor(items)
         flat = tf.reshape(items, [-1])

@@ -66,6 +66,12 @@ def resident_features(features, chunk_bytes: int = 32 << 20) -> tuple[tf.Variabl
     return var, scale
 
 
+def _joined(blocks):
+    """One tensor of the ``(start, stop, rows)`` blocks, in order."""
+    parts = [rows for _, _, rows in blocks]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+
 def stored_rows_to_features(rows, scale):
     """Rows read from the resident variable as the original's normalised float32: ``float32(raw) / scale``.
 
@@ -202,17 +208,26 @@ class VBPR(PairwiseModel):
     def item_vectors(self, features=None):
         if features is not None:
             return self.Q + tf.matmul(tf.convert_to_tensor(features, tf.float32), self.E)
-        # By row blocks, q_i + c_i E read together: never a dense copy of Q (copy-on-read after the
-        # optimiser's scatters) beside the whole visual part and their sum (3 x items x K at once).
-        parts = [variable_rows(self.Q, rows) + tf.matmul(self.feature_rows(rows), self.E)
-                 for rows in (tf.range(s, e) for s, e in self._feature_chunks())]
-        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        return _joined(self.item_vector_blocks())
+
+    def item_vector_blocks(self):
+        """Yield ``(start, stop, vectors)``: :meth:`item_vectors` by row blocks, the same numbers.
+
+        ``q_i + c_i E`` read together, block by block: never a dense copy of Q (copy-on-read after
+        the optimiser's scatters) beside the whole visual part and their sum. The evaluation fills
+        one array from these blocks (:func:`amr_tf.evaluation.model_vectors`), so that a million
+        items' vectors are held once, not twice as concatenating them would."""
+        for start, stop, visual in self.visual_vector_blocks():
+            yield start, stop, variable_rows(self.Q, tf.range(start, stop)) + visual
+
+    def visual_vector_blocks(self, chunk_bytes: int = 32 << 20):
+        """Yield ``(start, stop, c_i E)`` by row chunks of the features (bounded extra memory)."""
+        for start, stop in self._feature_chunks(chunk_bytes):
+            yield start, stop, tf.matmul(self.feature_rows(tf.range(start, stop)), self.E)
 
     def visual_vectors(self, chunk_bytes: int = 32 << 20):
-        """``C E`` for the whole catalogue, from row chunks of the features (bounded extra memory)."""
-        parts = [tf.matmul(self.feature_rows(tf.range(s, e)), self.E)
-                 for s, e in self._feature_chunks(chunk_bytes)]
-        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        """``C E`` for the whole catalogue (:meth:`visual_vector_blocks` joined)."""
+        return _joined(self.visual_vector_blocks(chunk_bytes))
 
     def gather_item_vectors(self, items):
         # Only the requested items' visual part, once per distinct item (not the whole catalogue).
