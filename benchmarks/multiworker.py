@@ -110,8 +110,10 @@ def worker(root: Path, name: str, steps: int, batch_size: int, reference: bool, 
     with strategy.scope():
         model = build_model(name, ds, seed=0)
     seconds = train(model)
+    from benchmarks.memory import rss_peak
+
     out = {"task": strategy.cluster_resolver.task_id, "replicas": strategy.num_replicas_in_sync,
-           "seconds": seconds, "steps": steps, "global_batch": batch_size}
+           "seconds": seconds, "steps": steps, "global_batch": batch_size, "peak_rss_mib": rss_peak()}
     if reference:
         weights = model.weight_arrays()
         one = build_model(name, ds, seed=0)
@@ -121,6 +123,14 @@ def worker(root: Path, name: str, steps: int, batch_size: int, reference: bool, 
         out["max_abs_weight"] = {n: float(np.abs(single[n]).max()) for n in single}
         out["gradients"] = gradient_volume(one, ds, batch_size)
     return out
+
+
+def _catalogue_shape(root: Path) -> tuple[int, int, int, int]:
+    """``(items, users, pairs, dim)`` of a catalogue directory, from its loaded dataset."""
+    from amr_tf.data import load_amr_dir
+
+    ds = load_amr_dir(root, validation="none")
+    return ds.num_items, ds.num_users, len(ds.train_pairs), ds.feature_dim
 
 
 def main(argv=None) -> int:
@@ -135,11 +145,19 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=3000)
     p.add_argument("--heartbeat_s", type=int, default=0,
                    help="coordination-service heartbeat timeout (0: TensorFlow's default); raise it on a starved machine")
+    p.add_argument("--catalogue", default=None,
+                   help="an existing catalogue directory (e.g. benchmarks.scale's, kept with --keep) instead of "
+                        "writing one; --items/--users/--pairs/--dim are then read from it")
+    p.add_argument("--logs", default=None, help="a directory for the workers' stderr (worker0.log, worker1.log)")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack into the worker's log
         print("RESULT " + json.dumps(worker(Path(args.worker), args.model, args.steps, args.batch_size,
                                             args.reference, args.heartbeat_s)))
         return 0
@@ -147,32 +165,46 @@ def main(argv=None) -> int:
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="amr-mw-") as tmp:
-        root = Path(tmp) / "catalogue"
-        gen = write_catalogue(root, args.items, args.users, args.pairs, args.dim)
-        log(f"catalogue: {args.items:,} items x {args.dim}, {args.users:,} users, {args.pairs:,} pairs "
-            f"({gen['generate_s']:.0f} s)")
+        if args.catalogue:
+            root = Path(args.catalogue)
+            args.items, args.users, args.pairs, args.dim = _catalogue_shape(root)
+            log(f"catalogue {root}: {args.items:,} items x {args.dim}, {args.users:,} users, {args.pairs:,} pairs")
+        else:
+            root = Path(tmp) / "catalogue"
+            gen = write_catalogue(root, args.items, args.users, args.pairs, args.dim)
+            log(f"catalogue: {args.items:,} items x {args.dim}, {args.users:,} users, {args.pairs:,} pairs "
+                f"({gen['generate_s']:.0f} s)")
         ports = free_ports(2)
         cluster = {"worker": [f"localhost:{q}" for q in ports]}
         base = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "grpc_proxy")}
-        procs = []
+        procs, logs = [], []
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
         for index in range(2):
             env = dict(base, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
             cmd = [sys.executable, "-m", "benchmarks.multiworker", "--worker", str(root), "--model", args.model,
                    "--steps", str(args.steps), "--batch_size", str(args.batch_size),
                    "--heartbeat_s", str(args.heartbeat_s)]
+            # Each worker's stderr goes to a file, not a pipe: the driver waits on one worker at a
+            # time, and a long run's log is then readable while it runs.
+            logs.append(open(Path(args.logs or tmp) / f"worker{index}.log", "w"))
             procs.append(subprocess.Popen(cmd + (["--reference"] if index == 0 else []), cwd=ROOT, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                                          stdout=subprocess.PIPE, stderr=logs[-1], text=True))
         t0 = time.perf_counter()
         outputs = []
         try:
             for proc in procs:
-                outputs.append(proc.communicate(timeout=max(1, args.timeout - (time.perf_counter() - t0))))
+                out, _ = proc.communicate(timeout=max(1, args.timeout - (time.perf_counter() - t0)))
+                outputs.append((out, None))
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
+            for log_file in logs:
+                log_file.close()
+        errors = [(Path(log_file.name).read_text(errors="replace")) for log_file in logs]
     results = []
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, _), err in zip(procs, outputs, errors):
         lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             log(f"worker failed (exit {proc.returncode}):\n{err[-3000:]}")
@@ -184,7 +216,9 @@ def main(argv=None) -> int:
                "workers": 2, "replicas": w0["replicas"], "global_batch": args.batch_size, "steps": args.steps,
                "two_worker_s": max(w0["seconds"], w1["seconds"]), "single_s": w0["single_seconds"],
                "max_abs_diff": w0["max_abs_diff"], "max_abs_weight": w0["max_abs_weight"],
-               "gradients": w0["gradients"]}
+               "gradients": w0["gradients"],
+               # each measured after its distributed training, before worker 0 builds the reference model
+               "worker_peak_rss_mib": [w0["peak_rss_mib"], w1["peak_rss_mib"]]}
     summary["two_worker_triplets_per_s"] = triplets / summary["two_worker_s"]
     summary["per_worker_triplets_per_s"] = summary["two_worker_triplets_per_s"] / 2
     summary["single_triplets_per_s"] = triplets / summary["single_s"]

@@ -17,6 +17,7 @@ candidates by ``t_u . z_i`` plus Gumbel noise, so the features predict what user
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -303,7 +304,14 @@ def main(argv=None) -> int:
         args.dim = min(args.dim, 64)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     results = []
-    with tempfile.TemporaryDirectory(prefix="amr-scale-", dir=args.dir) as tmp:
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    if args.keep:  # a directory that outlives the run (a TemporaryDirectory would remove it on exit)
+        workdir = contextlib.nullcontext(tempfile.mkdtemp(prefix="amr-scale-", dir=args.dir))
+        log(f"the catalogues are kept in {workdir.enter_result}")
+    else:
+        workdir = tempfile.TemporaryDirectory(prefix="amr-scale-", dir=args.dir)
+    with workdir as tmp:
         for label, spec in sizes.items():
             results.append(run_size(label, spec, args, Path(tmp), log))
             if args.json:  # after every size: a long run's finished sizes survive an interruption

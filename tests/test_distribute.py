@@ -160,7 +160,8 @@ WORKER_SCRIPT = textwrap.dedent(
     history = fit(model, ds, epochs=epochs, batch_size=batch, seed=7, verbose=0)
     weights = lambda m: {n: getattr(m, n).numpy().tolist() for n in m.parameter_names}
     out = {"task": strategy.cluster_resolver.task_id, "replicas": strategy.num_replicas_in_sync,
-           "var_type": type(model.P.value).__name__, "history": history.history, "weights": weights(model)}
+           "var_type": type(model.P.value).__name__, "features_type": type(model.features).__name__,
+           "history": history.history, "weights": weights(model)}
 
     if reference:
         # Single-device training in the same process, after the distributed run (the strategy
@@ -248,6 +249,9 @@ def test_multi_worker_two_workers_equal_one_device(name, kw):
     assert (w0["task"], w1["task"]) == (0, 1)
     assert w0["replicas"] == w1["replicas"] == 2
     assert w0["var_type"] == "MirroredVariable" and w0["single_var_type"] != "MirroredVariable"
+    # The feature table is each worker's own (read from its file), not a distributed variable whose
+    # initial value the chief broadcasts: over 2 GB that broadcast fails (gRPC's message limit).
+    assert w0["features_type"] == w1["features_type"] == "ResourceVariable"
     assert w0["shared_users"] > 0 and w0["shared_items"] > 0
     for n, single in w0["single"].items():
         got0, got1 = np.asarray(w0["weights"][n]), np.asarray(w1["weights"][n])

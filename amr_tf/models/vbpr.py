@@ -34,6 +34,23 @@ def project(rows, E):
     return _project(tf.convert_to_tensor(rows), tf.convert_to_tensor(E))
 
 
+def _process_local_variable(initial_value, name: str) -> tf.Variable:
+    """A plain, non-trainable variable of this process, also inside a ``tf.distribute`` scope.
+
+    ``tf.Variable`` inside ``strategy.scope()`` makes a distributed variable: under
+    ``MultiWorkerMirroredStrategy`` the chief *broadcasts its initial value* to every worker, and a
+    feature table over 2 GB (1M items x 2,048 float16: 4.1 GB) exceeds gRPC's message limit, so the
+    workers abort (``RecvBufRespExtra exceeded maximum protobuf size of 2GB``, measured); under
+    ``MirroredStrategy`` every device would hold its own copy. The features are constant and each
+    process reads them from its own file, so they need neither. ``ResourceVariable``'s constructor
+    (TensorFlow's class behind ``tf.Variable``; private module, no public equivalent) bypasses the
+    strategy's variable creator; outside any strategy it is exactly what ``tf.Variable`` makes.
+    """
+    from tensorflow.python.ops.resource_variable_ops import ResourceVariable
+
+    return ResourceVariable(initial_value, trainable=False, name=name)
+
+
 def resident_features(features, chunk_bytes: int = 32 << 20) -> tuple[tf.Variable, float]:
     """``(variable, scale)``: ``features`` in one non-trainable ``tf.Variable`` (not a Keras weight: not
     trained, not saved), and the number its rows are divided by when read (:meth:`VBPR.feature_rows`).
@@ -58,7 +75,7 @@ def resident_features(features, chunk_bytes: int = 32 << 20) -> tuple[tf.Variabl
     else:
         raw, scale, dtype = np.asarray(features, dtype=np.float32), 1.0, tf.float32
         chunks = ((s, e, raw[s:e]) for s, e in row_chunks(raw.shape[0], 4 * raw.shape[1], chunk_bytes))
-    var = tf.Variable(tf.zeros(raw.shape, dtype), trainable=False, name="features")
+    var = _process_local_variable(tf.zeros(raw.shape, dtype), name="features")
     for start, stop, rows in chunks:
         # float16 stays float16; ints and float64 become float32 exactly as the original's astype would
         rows = np.asarray(rows, dtype=dtype.as_numpy_dtype)
