@@ -63,6 +63,22 @@ def candidate_ranks(cand_scores):
     return tf.reduce_sum(tf.cast(cand_scores[:, 1:] >= cand_scores[:, :1], tf.int32), axis=1)
 
 
+def _gather_rows(vectors, rows):
+    """``vectors[rows]`` as a tensor, for item vectors held as a NumPy array (:func:`model_vectors`,
+    gathered on the host) or as a tensor (gathered where it lives, e.g. a GPU)."""
+    if isinstance(vectors, np.ndarray):
+        return tf.constant(vectors[np.asarray(rows)])
+    return tf.gather(vectors, rows)
+
+
+def _device_vectors(item_vecs):
+    """The item vectors where the rankings' products run: a NumPy array stays on the host (no copy
+    of a million items' vectors), but with a GPU they go there once, not once per block."""
+    if isinstance(item_vecs, np.ndarray) and tf.config.list_logical_devices("GPU"):
+        return tf.convert_to_tensor(item_vecs)
+    return item_vecs
+
+
 def sampled_scores(user_vecs, item_vecs, users, cands, max_chunk_entries: int = 1 << 24):
     """The candidates' scores of the sampled protocol, one user chunk at a time (a generator of
     chunk x candidates float32 tensors, in row order): row k is ``users[k]`` scoring ``cands[k]``.
@@ -77,7 +93,7 @@ def sampled_scores(user_vecs, item_vecs, users, cands, max_chunk_entries: int = 
     if gather:
         per_user = max(cands.shape[1] * int(item_vecs.shape[1]), 1)
         chunk = min(max_chunk_entries, _GATHER_BLOCK) // per_user
-        item_vecs = np.asarray(item_vecs)
+        item_vecs = _device_vectors(item_vecs)
     else:
         chunk = min(max_chunk_entries, _SCORE_BLOCK) // max(num_items, 1)
         item_vecs = tf.convert_to_tensor(item_vecs)  # once, not per chunk: this path is for smaller catalogues
@@ -86,7 +102,7 @@ def sampled_scores(user_vecs, item_vecs, users, cands, max_chunk_entries: int = 
         block = np.arange(start, min(start + chunk, len(cands)))
         chunk_users = tf.gather(user_vecs, users[block])
         if gather:  # few candidates: batched dot products with the candidates' vectors
-            yield tf.einsum("uk,unk->un", chunk_users, tf.constant(item_vecs[cands[block]]))
+            yield tf.einsum("uk,unk->un", chunk_users, _gather_rows(item_vecs, cands[block]))
         else:
             scores = tf.matmul(chunk_users, item_vecs, transpose_b=True)  # (chunk, items)
             yield tf.gather(scores, tf.constant(cands[block]), batch_dims=1)
@@ -118,8 +134,7 @@ def full_ranks_block(user_vecs, item_vecs, positives, excluded, item_block: int)
     """
     n = int(user_vecs.shape[0])
     num_items = int(item_vecs.shape[0])
-    item_vecs = np.asarray(item_vecs)  # blocks are sliced out of the one array (:func:`model_vectors`)
-    pos_scores = tf.reduce_sum(user_vecs * item_vecs[np.asarray(positives)], axis=1)
+    pos_scores = tf.reduce_sum(user_vecs * _gather_rows(item_vecs, positives), axis=1)
     threshold = pos_scores[:, None]
     ex_rows, ex_items = excluded
     counts = tf.zeros([n], tf.int32)
@@ -146,11 +161,16 @@ def split_rows(dataset, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
         raise AmrError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "test":
         cands = np.asarray(dataset.test_candidates)
-        return np.arange(len(cands), dtype=np.int64), cands
-    if getattr(dataset, "validation_candidates", None) is None:
-        raise AmrError(f"{getattr(dataset, 'name', 'the dataset')}: has no validation split; load it with "
-                       "validation='holdout' (--validation holdout) or add a val.txt")
-    return np.asarray(dataset.validation_users, dtype=np.int64), np.asarray(dataset.validation_candidates)
+        users = np.arange(len(cands), dtype=np.int64)
+    else:
+        if getattr(dataset, "validation_candidates", None) is None:
+            raise AmrError(f"{getattr(dataset, 'name', 'the dataset')}: has no validation split; load it with "
+                           "validation='holdout' (--validation holdout) or add a val.txt")
+        users, cands = np.asarray(dataset.validation_users, dtype=np.int64), np.asarray(dataset.validation_candidates)
+    if cands.ndim != 2 or cands.shape[1] < 2 or users.shape != (len(cands),):
+        raise AmrError(f"{split} candidates must have shape (users, 1 + negatives) with one user each, "
+                       f"got {cands.shape} for {users.shape[0]} users")
+    return users, cands
 
 
 def rank_test_items(model, dataset, protocol: str = "sampled", features=None, max_chunk_entries: int = 1 << 24,
@@ -183,6 +203,8 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
     user_vecs, item_vecs = vectors if vectors is not None else model_vectors(model, features)
     num_items = int(item_vecs.shape[0])
     budget = min(max_chunk_entries, _SCORE_BLOCK)
+    if protocol == "full":
+        item_vecs = _device_vectors(item_vecs)  # its item blocks are sliced once per user block
     if protocol == "full":
         # The whole catalogue per block while that leaves room for a few hundred users, else item blocks.
         item_block = item_block or min(num_items, max(1, budget // _FULL_MIN_USERS))

@@ -132,7 +132,9 @@ def portable_path(path) -> str:
     (``amr_tf/datasets/data/...``), so that a shipped manifest names no machine's directories;
     anything else as given."""
     try:
-        return str(Path(path).resolve().relative_to(_PACKAGE.parent))
+        # Relative to the package itself: in an editable install its parent is the repository,
+        # and a user's dataset beside the package (``../mydata``) is not part of it.
+        return str(Path(_PACKAGE.name) / Path(path).resolve().relative_to(_PACKAGE))
     except (ValueError, OSError):
         return str(path)
 

@@ -34,6 +34,7 @@ def claimed_run_directory(path: Path, flag: str, overwrite: bool, stamp: str, *,
     command is continuing the run there (``None``: a command that cannot resume); with
     ``has_checkpoint`` everything there belongs to that run.
     """
+    running = False  # a BlockingIOError from the run itself is not the lock's
     try:
         with directory_lock(path):
             occupied = foreign_entries(path, has_checkpoint, bool(resuming))
@@ -47,14 +48,18 @@ def claimed_run_directory(path: Path, flag: str, overwrite: bool, stamp: str, *,
                 )
             if not occupied:
                 _remove_stale(path)
+                running = True
                 yield path
                 return
             aside = move_aside(path, stamp)
             print(f"--overwrite: moved the previous contents of {path} to {aside}")
             with directory_lock(path):  # a fresh directory, locked before the old lock is released
                 _remove_stale(path)
+                running = True
                 yield path
     except BlockingIOError:
+        if running:
+            raise
         raise AmrError(f"{path}: another {process} process is writing to this directory; wait for it to "
                        f"finish or choose another {flag}") from None
 

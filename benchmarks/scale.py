@@ -4,9 +4,10 @@ For each size a synthetic catalogue with a planted visual signal is written to d
 original directory format (``pos.txt``, ``neg.txt``, float16 ``f_resnet.npy``), then measured in a
 fresh process (so that each size's peak memory is its own): load time, one sampler epoch, VBPR
 and AMR training steps, sampled evaluation (all users) and full-ranking evaluation (a user
-sample), and the process's peak resident set. Training is timed over ``--steps`` steps after a
-warm-up; the epoch time is the sampler's epoch plus that per-step time times the steps of an
-epoch (exactly measured when ``--steps`` covers the epoch). Prints a table; ``--json`` and
+sample), and the process's peak resident set. A step's time is that of ``--steps`` steps after a
+warm-up, the sampler's epoch excluded (a fit of 2N steps minus a fit of N: each fit first samples
+a whole epoch; medians of 3); the epoch time is the sampler's epoch plus that per-step time times the steps of an
+epoch (measured as a whole when ``--steps`` covers the epoch). Prints a table; ``--json`` and
 ``--markdown`` write it, ``--plot`` draws the log-log figure.
 
 The planted signal: items have an 8-d taste ``z_i``, and their 2,048-d "CNN" features are
@@ -96,6 +97,22 @@ def write_catalogue(root: Path, num_items: int, num_users: int, num_pairs: int, 
 # ---------------------------------------------------------------------------- measuring (child process)
 
 
+def _call_clock():
+    """A Keras callback whose ``stamps`` are the wall and process CPU times at the end of every call
+    of the train function (with ``steps_per_execution`` > 1, Keras reports batches once per call)."""
+    import keras  # here: the driver process never imports TensorFlow
+
+    class CallClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.stamps = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.stamps.append((time.perf_counter(), time.process_time()))
+
+    return CallClock()
+
+
 def _timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -131,7 +148,8 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
     res["sampler_epoch_s"], _ = _timed(sampler.sample_epoch, 0)
     steps_per_epoch = sampler.steps_per_epoch(batch_size)
     res["steps_per_epoch"] = steps_per_epoch
-    measured = min(steps, steps_per_epoch)
+    # A part of an epoch is timed as the second half of one fit (see below), so at most half an epoch.
+    measured = steps_per_epoch if steps >= steps_per_epoch else min(steps, max(1, steps_per_epoch // 2))
     res["steps_measured"] = measured
     model = None
     for name in models:
@@ -143,13 +161,26 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
         with _several_steps_per_call(model, measured):
             # The warm-up traces the step with the same shape of fit as the timed one (steps per call).
             model.fit(stream, steps_per_epoch=warmup or measured, epochs=1, verbose=0)
-            cpu0 = time.process_time()
-            seconds, _ = _timed(model.fit, stream, steps_per_epoch=measured, epochs=1, verbose=0)
-            cpu = time.process_time() - cpu0
+            if measured == steps_per_epoch:  # the whole epoch, its sampling included, as training runs it
+                cpu0 = time.process_time()
+                seconds, _ = _timed(model.fit, stream, steps_per_epoch=measured, epochs=1, verbose=0)
+                cpu = time.process_time() - cpu0
+                res[f"{name}_epoch_s"] = seconds
+                seconds -= res["sampler_epoch_s"]
+                cpu -= res["sampler_epoch_s"]
+            else:
+                # Every fit starts a new iterator, which first samples a whole epoch (4 s at 1M
+                # items): one fit of N steps would charge that to the steps. So one fit runs the
+                # warm-up and the timed steps back to back, and a callback stamps the end of each
+                # call of the train function; the steps after the warm-up's last stamp are timed.
+                clock = _call_clock()
+                model.fit(stream, steps_per_epoch=2 * measured, epochs=1, verbose=0, callbacks=[clock])
+                (w0, c0), (w1, c1) = clock.stamps[len(clock.stamps) // 2 - 1], clock.stamps[-1]
+                seconds, cpu = w1 - w0, c1 - c0
+                res[f"{name}_epoch_s"] = res["sampler_epoch_s"] + seconds / measured * steps_per_epoch
         res[f"{name}_step_ms"] = 1000 * seconds / measured
         # CPU time of this process (all its threads): less sensitive than wall time to other jobs.
         res[f"{name}_step_cpu_ms"] = 1000 * cpu / measured
-        res[f"{name}_epoch_s"] = res["sampler_epoch_s"] + seconds / measured * steps_per_epoch
         res[f"{name}_epoch_measured"] = measured == steps_per_epoch
         res[f"rss_after_{name}_mib"] = rss_now()
         res[f"peak_after_{name}_mib"] = rss_peak()  # building, the sampler's epochs and the timed steps

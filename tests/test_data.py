@@ -388,19 +388,21 @@ def test_record_gives_the_embedded_data_its_package_relative_path(tmp_path, monk
     assert load_amr_dir(tmp_path / "d", cnn="x").record()["path"] == str(tmp_path / "d")
 
 
-def test_int32_ids_combine_in_int64(tmp_path):
-    """Loaded ids are int32 (:func:`compact_ids`), but every (user, item) key is computed in int64:
-    70,000 users x 40,000 items overflow int32 keys, which would make the sampler accept a user's
-    own training item as a negative (and the holdout keep its held-out pair)."""
+def test_int32_ids_combine_in_int64():
+    """Loaded ids are int32 (:func:`compact_ids`), but every (user, item) key is computed in int64.
+    With 90,000 users x 50,000 items, int32 keys wrap modulo 2**32, and user 85,899's item 17,301
+    lands on the key of user 0's item 5: int32 arithmetic would make the sampler reject item 5 as a
+    negative for user 0, who never trained on it."""
     from amr_tf.data.dataset import compact_ids, pair_keys
 
-    pairs = compact_ids(np.array([[69_999, 39_999], [69_999, 5], [3, 7]]))
+    num_items = 50_000
+    u2, i2 = divmod(2**32 + 5, num_items)  # (85899, 17301): 2**32 past (user 0, item 5)
+    pairs = compact_ids(np.array([[u2, i2], [3, 7]]))
     assert pairs.dtype == np.int32
     assert compact_ids(np.array([[0, 2**31]])).dtype == np.int64  # too large for int32: left as is
-    assert pair_keys(pairs[:, 0], pairs[:, 1], 40_000).tolist() == [69_999 * 40_000 + 39_999, 69_999 * 40_000 + 5,
-                                                                    3 * 40_000 + 7]
-    ds = AmrDataset(70_000, 40_000, np.zeros((40_000, 1), np.float32), pairs,
-                    compact_ids(np.array([[1, 2]])))
+    wrapped = (pairs[:, 0] * np.int32(num_items) + pairs[:, 1])[0]  # what int32 arithmetic gives
+    assert wrapped == 5 and pair_keys(pairs[:, 0], pairs[:, 1], num_items).tolist() == [2**32 + 5, 3 * num_items + 7]
+    ds = AmrDataset(90_000, num_items, np.zeros((num_items, 1), np.float32), pairs, compact_ids(np.array([[1, 2]])))
     sampler = TripletSampler(ds, exclude_cold_start="off")
-    users = np.array([69_999, 69_999, 69_999, 3], np.int32)
-    assert sampler._rejected(users, np.array([39_999, 5, 6, 7], np.int32)).tolist() == [True, True, False, True]
+    users = np.array([0, u2, 3, 3], np.int32)
+    assert sampler._rejected(users, np.array([5, i2, 7, 8], np.int32)).tolist() == [False, True, True, False]

@@ -118,3 +118,16 @@ def test_sampled_evaluation_by_gathering_candidates_equals_scoring_all_items():
     want = [int(np.sum(s[1:] >= s[0])) for s in (model.i[c] @ model.u[k] for k, c in enumerate(cands))]
     assert rank_test_items(model, ds).tolist() == want
     assert rank_test_items(model, ds, max_chunk_entries=3 * n * 6).tolist() == want  # several chunks
+
+
+def test_split_rows_refuse_candidate_tables_without_negatives(tiny_dataset):
+    """One column (no negatives) or a user list of another length is an error, not empty margins
+    (the certificate and the attacks read these rows too)."""
+    import dataclasses
+
+    from amr_tf.errors import AmrError
+    from amr_tf.evaluation import split_rows
+
+    bad = dataclasses.replace(tiny_dataset, test_candidates=tiny_dataset.test_candidates[:, :1])
+    with pytest.raises(AmrError, match=r"shape \(users, 1 \+ negatives\)"):
+        split_rows(bad)

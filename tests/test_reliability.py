@@ -371,3 +371,13 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, sm
     assert ref["final"] == res["final"] and ref["best_epoch"] == res["best_epoch"], log
     assert ref["best_NDCG@10"] == res["best_NDCG@10"]
     print("total", round(time.monotonic() - t0, 1), "s")
+
+
+def test_a_blocking_io_error_inside_the_run_is_not_reported_as_the_lock(tmp_path):
+    """Only the directory lock's BlockingIOError means "another process is writing here"; one
+    raised by the run itself (non-blocking I/O) reaches the caller unchanged."""
+    from amr_tf.run_dir import claimed_run_directory
+
+    with pytest.raises(BlockingIOError, match="the run's own"):
+        with claimed_run_directory(tmp_path / "run", "--weight_dir", overwrite=False, stamp="s"):
+            raise BlockingIOError("the run's own")

@@ -247,9 +247,11 @@ def test_validation_none_train_matrix_includes_the_folded_validation_pairs(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the toy split's negatives may be training items: only a warning
         loaded = load_amr_dir(tmp_path / "d", validation="none")
-    keys = np.unique(loaded.train_pairs[:, 0] * ds.num_items + loaded.train_pairs[:, 1])
-    assert loaded.train_matrix.nnz == len(keys) == len(np.unique(ds.train_pairs[:, 0] * ds.num_items
-                                                                 + ds.train_pairs[:, 1])) + len(val)
+    from amr_tf.data.dataset import pair_keys
+
+    keys = np.unique(pair_keys(loaded.train_pairs[:, 0], loaded.train_pairs[:, 1], ds.num_items))
+    assert loaded.train_matrix.nnz == len(keys) == len(np.unique(pair_keys(ds.train_pairs[:, 0], ds.train_pairs[:, 1],
+                                                                           ds.num_items))) + len(val)
 
 
 @pytest.mark.parametrize("name", ["VBPR", "DUIF"])
@@ -274,3 +276,32 @@ def test_evaluation_fills_one_array_from_the_models_item_blocks(tiny_dataset, mo
     for protocol in ("sampled", "full"):
         np.testing.assert_array_equal(rank_test_items(model, tiny_dataset, protocol=protocol),
                                       rank_test_items(model, tiny_dataset, protocol=protocol, vectors=(users, items)))
+
+
+def test_feature_table_is_not_a_distributed_variable_under_a_strategy(tiny_dataset):
+    """Built inside a ``tf.distribute`` scope, the features stay one variable of this process: a
+    distributed variable would have its initial value broadcast by the chief of a multi-worker
+    strategy (over gRPC's 2 GB limit at a million items) and copied to every device."""
+    from amr_tf.models.vbpr import resident_features
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        trained = tf.Variable(tf.zeros((2, 2)))
+        features, scale = resident_features(tiny_dataset.features)
+    assert type(trained).__name__ == "MirroredVariable"  # the strategy is in force here
+    assert not isinstance(features, tf.distribute.DistributedValues)
+    np.testing.assert_array_equal(features.numpy(), np.asarray(tiny_dataset.features, np.float32))
+
+
+def test_a_subclass_with_its_own_item_vectors_is_ranked_on_them(tiny_dataset):
+    """A VBPR subclass that redefines ``item_vectors`` alone loses the inherited blocks, so the
+    evaluation reads its vectors, not VBPR's."""
+    from amr_tf.evaluation import model_vectors
+
+    class Shifted(VBPR):
+        def item_vectors(self, features=None):
+            return super().item_vectors(features) + 1.0
+
+    model = Shifted(tiny_dataset.num_users, tiny_dataset.num_items, tiny_dataset.features, embed_dim=4, seed=0)
+    assert model.item_vector_blocks is None
+    np.testing.assert_array_equal(model_vectors(model)[1], model.item_vectors().numpy())

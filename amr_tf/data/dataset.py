@@ -106,18 +106,18 @@ class AmrDataset:
     def fingerprint(self) -> str:
         """SHA-256 over the arrays that define the dataset (what checkpoints and results record)."""
         h = hashlib.sha256()
-        arrays = [self.train_pairs, self.test_candidates, self.features]
+        arrays = [(self.train_pairs, True), (self.test_candidates, True), (self.features, False)]
         if self.validation_candidates is not None:
             # Only with a validation split, so the original protocol keeps its fingerprint (the
             # shipped checkpoints record it).
             h.update(f"validation={self.validation}".encode())
-            arrays += [self.validation_users, self.validation_candidates]
-        for arr in arrays:
+            arrays += [(self.validation_users, True), (self.validation_candidates, True)]
+        for arr, ids in arrays:
             if isinstance(arr, ItemFeatures):  # hashed by chunks, as the float32 matrix it stands for
                 arr.update_hash(h)
                 continue
             a = np.asarray(arr)
-            if a.dtype.kind in "iu":  # ids hash as int64 whatever they are held as (compact_ids)
+            if ids and a.dtype.kind in "iu":  # ids hash as int64 whatever they are held as (compact_ids)
                 h.update(b"int64" + str(a.shape).encode())
                 for rows in np.array_split(a, max(1, a.size // (1 << 22))):  # by chunks: no int64 copy of it all
                     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())

@@ -63,10 +63,9 @@ def _check_csr(indptr, indices, num_users, num_items, where) -> None:
 
 def read_asset(path: Path, dtype_kind: str) -> np.ndarray:
     """A ``.npy`` asset of a ``.keras`` file, read without pickle and memory-mapped."""
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise AmrError(f"{path.name} in the .keras file: unreadable ({exc})") from None
+    from amr_tf.safe_io import read_npy
+
+    array = read_npy(path, f"{path.name} in the .keras file", AmrError, mmap=True)
     if array.dtype.kind not in dtype_kind:
         raise AmrError(f"{path.name} in the .keras file: unexpected dtype {array.dtype}")
     return array

@@ -123,6 +123,13 @@ class VBPR(PairwiseModel):
 
     parameter_names = ("P", "Q", "E")
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The evaluation reads item vectors from item_vector_blocks when a model has them; a
+        # subclass that redefines item_vectors alone would be ranked on VBPR's blocks instead.
+        if "item_vectors" in vars(cls) and "item_vector_blocks" not in vars(cls):
+            cls.item_vector_blocks = None
+
     def __init__(
         self,
         num_users: int,
@@ -225,7 +232,7 @@ class VBPR(PairwiseModel):
     def item_vectors(self, features=None):
         if features is not None:
             return self.Q + tf.matmul(tf.convert_to_tensor(features, tf.float32), self.E)
-        return _joined(self.item_vector_blocks())
+        return _joined(VBPR.item_vector_blocks(self))  # VBPR's own (a subclass may have set them to None)
 
     def item_vector_blocks(self):
         """Yield ``(start, stop, vectors)``: :meth:`item_vectors` by row blocks, the same numbers.
