@@ -202,10 +202,9 @@ def rank_test_items(model, dataset, protocol: str = "sampled", features=None, ma
         split_users, cands = split_users[rows], cands[rows]
     user_vecs, item_vecs = vectors if vectors is not None else model_vectors(model, features)
     num_items = int(item_vecs.shape[0])
-    budget = min(max_chunk_entries, _SCORE_BLOCK)
     if protocol == "full":
         item_vecs = _device_vectors(item_vecs)  # its item blocks are sliced once per user block
-    if protocol == "full":
+        budget = min(max_chunk_entries, _SCORE_BLOCK)
         # The whole catalogue per block while that leaves room for a few hundred users, else item blocks.
         item_block = item_block or min(num_items, max(1, budget // _FULL_MIN_USERS))
         user_block = user_block or max(1, budget // item_block)

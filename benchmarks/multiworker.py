@@ -113,7 +113,8 @@ def worker(root: Path, name: str, steps: int, batch_size: int, reference: bool, 
     from benchmarks.memory import rss_peak
 
     out = {"task": strategy.cluster_resolver.task_id, "replicas": strategy.num_replicas_in_sync,
-           "seconds": seconds, "steps": steps, "global_batch": batch_size, "peak_rss_mib": rss_peak()}
+           "seconds": seconds, "steps": steps, "global_batch": batch_size, "peak_rss_mib": rss_peak(),
+           "shape": {"items": ds.num_items, "users": ds.num_users, "pairs": len(ds.train_pairs), "dim": ds.feature_dim}}
     if reference:
         weights = model.weight_arrays()
         one = build_model(name, ds, seed=0)
@@ -123,14 +124,6 @@ def worker(root: Path, name: str, steps: int, batch_size: int, reference: bool, 
         out["max_abs_weight"] = {n: float(np.abs(single[n]).max()) for n in single}
         out["gradients"] = gradient_volume(one, ds, batch_size)
     return out
-
-
-def _catalogue_shape(root: Path) -> tuple[int, int, int, int]:
-    """``(items, users, pairs, dim)`` of a catalogue directory, from its loaded dataset."""
-    from amr_tf.data import load_amr_dir
-
-    ds = load_amr_dir(root, validation="none")
-    return ds.num_items, ds.num_users, len(ds.train_pairs), ds.feature_dim
 
 
 def main(argv=None) -> int:
@@ -147,7 +140,7 @@ def main(argv=None) -> int:
                    help="coordination-service heartbeat timeout (0: TensorFlow's default); raise it on a starved machine")
     p.add_argument("--catalogue", default=None,
                    help="an existing catalogue directory (e.g. benchmarks.scale's, kept with --keep) instead of "
-                        "writing one; --items/--users/--pairs/--dim are then read from it")
+                        "writing one; --items/--users/--pairs/--dim are then ignored (the report gives its own)")
     p.add_argument("--logs", default=None, help="a directory for the workers' stderr (worker0.log, worker1.log)")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -165,10 +158,9 @@ def main(argv=None) -> int:
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="amr-mw-") as tmp:
-        if args.catalogue:
+        if args.catalogue:  # its shape comes back with the workers' results (they load it anyway)
             root = Path(args.catalogue)
-            args.items, args.users, args.pairs, args.dim = _catalogue_shape(root)
-            log(f"catalogue {root}: {args.items:,} items x {args.dim}, {args.users:,} users, {args.pairs:,} pairs")
+            log(f"catalogue {root}")
         else:
             root = Path(tmp) / "catalogue"
             gen = write_catalogue(root, args.items, args.users, args.pairs, args.dim)
@@ -212,7 +204,7 @@ def main(argv=None) -> int:
         results.append(json.loads(lines[-1][len("RESULT "):]))
     w0, w1 = results
     triplets = args.steps * args.batch_size
-    summary = {"items": args.items, "users": args.users, "pairs": args.pairs, "dim": args.dim, "model": args.model,
+    summary = {**w0["shape"], "model": args.model,
                "workers": 2, "replicas": w0["replicas"], "global_batch": args.batch_size, "steps": args.steps,
                "two_worker_s": max(w0["seconds"], w1["seconds"]), "single_s": w0["single_seconds"],
                "max_abs_diff": w0["max_abs_diff"], "max_abs_weight": w0["max_abs_weight"],

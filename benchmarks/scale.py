@@ -159,9 +159,9 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
         res[f"{name}_resident_features"] = f"{model.features.dtype.name} {tuple(model.features.shape)}"
         stream = triplet_dataset(sampler, batch_size)  # endless; each fit starts at epoch 0
         with _several_steps_per_call(model, measured):
-            # The warm-up traces the step with the same shape of fit as the timed one (steps per call).
-            model.fit(stream, steps_per_epoch=warmup or measured, epochs=1, verbose=0)
             if measured == steps_per_epoch:  # the whole epoch, its sampling included, as training runs it
+                # The warm-up traces the step with the same shape of fit as the timed one (steps per call).
+                model.fit(stream, steps_per_epoch=warmup or measured, epochs=1, verbose=0)
                 cpu0 = time.process_time()
                 seconds, _ = _timed(model.fit, stream, steps_per_epoch=measured, epochs=1, verbose=0)
                 cpu = time.process_time() - cpu0
@@ -172,7 +172,8 @@ def measure(root: Path, steps: int, warmup: int, batch_size: int, eval_users: in
                 # Every fit starts a new iterator, which first samples a whole epoch (4 s at 1M
                 # items): one fit of N steps would charge that to the steps. So one fit runs the
                 # warm-up and the timed steps back to back, and a callback stamps the end of each
-                # call of the train function; the steps after the warm-up's last stamp are timed.
+                # call of the train function; the first half (tracing, sampling) is the warm-up, the
+                # steps after its last stamp are timed.
                 clock = _call_clock()
                 model.fit(stream, steps_per_epoch=2 * measured, epochs=1, verbose=0, callbacks=[clock])
                 (w0, c0), (w1, c1) = clock.stamps[len(clock.stamps) // 2 - 1], clock.stamps[-1]
@@ -308,7 +309,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="two tiny catalogues (a smoke test)")
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--steps", type=int, default=30, help="training steps timed per model (after --warmup)")
-    p.add_argument("--warmup", type=int, default=0, help="warm-up steps per model (default: as many as --steps)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="warm-up steps before a whole timed epoch (default: as many as --steps); a part of an "
+                        "epoch is timed after as many warm-up steps as it times")
     p.add_argument("--batch_size", type=int, default=512)
     p.add_argument("--eval_users", type=int, default=2000, help="users ranked by the full-ranking protocol")
     p.add_argument("--seed", type=int, default=0)

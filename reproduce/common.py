@@ -676,8 +676,11 @@ class Context:
             shared["dataset"] = resolve_dataset(args.dataset, cnn=args.cnn,
                                                 validation=getattr(args, "validation", None) or "holdout")
         self.dataset = shared["dataset"]
-        feats = self.dataset.features
-        self.mean_feature_norm = float(np.linalg.norm(feats, axis=1).mean())
+        if "mean_feature_norm" not in shared:  # once per dataset; by row chunks, not one float32 copy
+            feats = self.dataset.features
+            chunks = feats.chunks() if hasattr(feats, "chunks") else [(0, len(feats), np.asarray(feats))]
+            shared["mean_feature_norm"] = float(np.concatenate([np.linalg.norm(r, axis=1) for _, _, r in chunks]).mean())
+        self.mean_feature_norm = shared["mean_feature_norm"]
         if not trains:
             self.store = self.runs = None
             self.settings = {}  # the experiment records its own

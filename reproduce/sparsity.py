@@ -179,7 +179,7 @@ def with_validation(ds, log=print, mode: str | None = None):
 
 def item_bucket_of_users(ds) -> np.ndarray:
     """Per test user, the index in :data:`ITEM_BUCKETS` of its test item's number of training pairs in ``ds``."""
-    counts = np.bincount(ds.train_pairs[:, 1], minlength=ds.num_items)[ds.test_candidates[:, 0]]
+    counts = ds.item_popularity[ds.test_candidates[:, 0]]
     out = np.full(len(counts), -1, np.int64)
     for b, (lo, hi) in enumerate(ITEM_BUCKETS):
         out[(counts >= lo) & (counts <= (np.inf if hi is None else hi))] = b
@@ -221,7 +221,7 @@ def _validation_callback(ds, every: int, patience: int, protocol: str):
 def train_selected(ds, label: str, seed: int, s: Settings, eps: float | None = None) -> dict:
     """Train one model on ``ds`` from scratch with early stopping on validation; the selected model's ranks and record."""
     from amr_tf.checkpoints import assign_finite
-    from amr_tf.evaluation import rank_test_items
+    from amr_tf.evaluation import model_vectors, rank_test_items
     from amr_tf.training import build_model, fit, set_seed
 
     name = MODEL_NAMES[label]
@@ -240,14 +240,15 @@ def train_selected(ds, label: str, seed: int, s: Settings, eps: float | None = N
     seconds = time.perf_counter() - started
     assign_finite(model, list(best["weights"]), list(best["weights"].values()), f"{label} best epoch")
     history = evaluator.history
+    vectors = model_vectors(model)  # the selected weights' vectors, for both splits
     return {
         "model": label, "seed": int(seed), "eps": eps, "best_epoch": int(evaluator.best_epoch),
         "epochs_run": int(history[-1]["epoch"]), "eval_every": every, "max_epochs": epochs,
         "stopped_early": evaluator.stopped is not None, "train_seconds": round(seconds, 3),
         "history": [{"epoch": h["epoch"], "val_NDCG@10": h["val_NDCG@10"], "val_HR@10": h["val_HR@10"]}
                     for h in history],
-        "val_ranks": rank_test_items(model, ds, protocol=s.protocol, split="validation").tolist(),
-        "test_ranks": rank_test_items(model, ds, protocol=s.protocol).tolist(),
+        "val_ranks": rank_test_items(model, ds, protocol=s.protocol, split="validation", vectors=vectors).tolist(),
+        "test_ranks": rank_test_items(model, ds, protocol=s.protocol, vectors=vectors).tolist(),
     }
 
 

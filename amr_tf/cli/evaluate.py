@@ -31,8 +31,11 @@ def cmd_evaluate(args) -> int:
     print(ds.summary())
     rows = {}
     if ds.validation_candidates is not None:
-        rows[f"{label} (validation)"] = evaluate(model, ds, protocol=args.protocol, split="validation")
-        rows[f"{label} (test)"] = evaluate(model, ds, protocol=args.protocol)
+        from amr_tf.evaluation import model_vectors
+
+        vectors = model_vectors(model)  # one computation for both splits
+        rows[f"{label} (validation)"] = evaluate(model, ds, protocol=args.protocol, split="validation", vectors=vectors)
+        rows[f"{label} (test)"] = evaluate(model, ds, protocol=args.protocol, vectors=vectors)
     else:
         rows[label] = evaluate(model, ds, protocol=args.protocol)
     print_table(rows)

@@ -200,8 +200,8 @@ _PARSE_CHUNK = 1 << 22  # bytes parsed at a time by the fast path (bounds its wo
 
 
 def _parse_plain_chunk(b: np.ndarray, first_line: int, width: int | None):
-    """``(values, row lines, width)`` of a chunk of bytes that ends at a line end (or the file's
-    end), or ``None`` unless the chunk is plain (digits and whitespace), every id has at most 18
+    """``(values, row lines, width, line ends)`` of a chunk of bytes that ends at a line end (or the
+    file's end), or ``None`` unless the chunk is plain (digits and whitespace), every id has at most 18
     digits and every non-blank line has ``width`` values (the first line's count when ``None``)."""
     if not _PLAIN_BYTES[b].all():
         return None
@@ -216,14 +216,15 @@ def _parse_plain_chunk(b: np.ndarray, first_line: int, width: int | None):
     for k in range(longest):  # Horner's rule, one digit position at a time over all tokens
         more = np.flatnonzero(lengths > k)
         values[more] = values[more] * 10 + (b[starts[more] + k] - 48)
-    lines = first_line + np.searchsorted(np.flatnonzero(b == 10), starts)
+    line_ends = np.flatnonzero(b == 10)
+    lines = first_line + np.searchsorted(line_ends, starts)
     row_starts = np.flatnonzero(np.diff(lines, prepend=-1))  # tokens come in file order
     counts = np.diff(row_starts, append=len(lines))
     if width is None and len(counts):
         width = int(counts[0])
     if (counts != width).any():
         return None
-    return values, lines[row_starts], width
+    return values, lines[row_starts], width, len(line_ends)
 
 
 def _parse_plain_table(data: bytes, expected_cols: int | None):
@@ -238,18 +239,17 @@ def _parse_plain_table(data: bytes, expected_cols: int | None):
     while start < len(b):
         stop = data.find(b"\n", min(start + _PARSE_CHUNK, len(b)) - 1)  # no line straddles two chunks
         stop = len(b) if stop < 0 else stop + 1
-        chunk = b[start:stop]
-        parsed = _parse_plain_chunk(chunk, line, width)
+        parsed = _parse_plain_chunk(b[start:stop], line, width)
         if parsed is None:
             return None
-        v, r, width = parsed
+        v, r, width, line_ends = parsed
         values.append(v)
         rows.append(r)
-        line += int(np.count_nonzero(chunk == 10))
+        line += line_ends
         start = stop
-    if not values or width is None or not sum(len(r) for r in rows):
+    rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    if not len(rows):  # empty or blank: the careful path words it
         return None
-    rows = np.concatenate(rows).astype(np.int64)
     return np.concatenate(values).reshape(len(rows), width), rows
 
 

@@ -82,7 +82,6 @@ class ItemFeatures(NDArrayOperatorsMixin):
     dtype = np.dtype(np.float32)
     size = property(lambda self: int(self.raw.shape[0]) * int(self.raw.shape[1]))
     nbytes = property(lambda self: 4 * self.size)  # of the float32 matrix it stands for
-    raw_nbytes = property(lambda self: int(self.raw.nbytes))
 
     def __len__(self) -> int:
         return int(self.raw.shape[0])

@@ -52,26 +52,26 @@ def carve_holdout(ds, seed: int = 0):
     rng = np.random.default_rng(seed)
     tests = ds.test_candidates[:, 0]
     users, rows = [], []
-    taken = np.zeros(ds.num_items, dtype=bool)
     for u in range(ds.num_users):
         items = train.indices[train.indptr[u]:train.indptr[u + 1]]
         if len(items) < 2:
             continue
         held = int(items[rng.integers(len(items))])
-        taken[items] = True
-        if u < len(tests):
-            taken[tests[u]] = True
-        pool = np.flatnonzero(~taken)
-        taken[items] = False
-        if u < len(tests):
-            taken[tests[u]] = False
-        if len(pool) < n_neg:
+        # The negatives are drawn among the items outside the user's training and test items,
+        # without listing them (O(catalogue) per user): draw positions among the free items, then
+        # map each to its item past the excluded ones before it. rng.choice(n, ...) and
+        # rng.choice(pool, ...) with len(pool) == n draw the same positions.
+        excluded = np.union1d(items, tests[u:u + 1])  # sorted
+        free = ds.num_items - len(excluded)
+        if free < n_neg:
             raise DataError(
-                f"{ds.name}: --validation holdout: user {u} has only {len(pool)} items outside its training "
+                f"{ds.name}: --validation holdout: user {u} has only {free} items outside its training "
                 f"and test items, fewer than the {n_neg} negatives per row of neg.txt"
             )
+        positions = rng.choice(free, size=n_neg, replace=False)
+        negatives = positions + np.searchsorted(excluded - np.arange(len(excluded)), positions, side="right")
         users.append(u)
-        rows.append(np.concatenate([[held], np.sort(rng.choice(pool, size=n_neg, replace=False))]))
+        rows.append(np.concatenate([[held], np.sort(negatives)]))
     if not users:
         raise DataError(f"{ds.name}: --validation holdout: no user has two distinct training items to hold one out")
     val = np.asarray(rows, dtype=np.int64).reshape(len(users), 1 + n_neg)

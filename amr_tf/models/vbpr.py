@@ -192,8 +192,7 @@ class VBPR(PairwiseModel):
 
     def normalised_features(self):
         """The whole normalised float32 feature matrix (items x F), e.g. for an attack; built by row chunks."""
-        parts = [self.feature_rows(tf.range(s, e)) for s, e in self._feature_chunks()]
-        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+        return _joined((s, e, self.feature_rows(tf.range(s, e))) for s, e in self._feature_chunks())
 
     def _feature_chunks(self, chunk_bytes: int = 32 << 20):
         from amr_tf.data.features import row_chunks

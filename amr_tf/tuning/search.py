@@ -96,7 +96,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     import keras
 
     from amr_tf.checkpoints import load_pretrained, provenance, read_manifest
-    from amr_tf.evaluation import evaluate
+    from amr_tf.evaluation import evaluate, model_vectors
     from amr_tf.io import portable_path
     from amr_tf.training import build_model, fit, set_seed
 
@@ -184,6 +184,7 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
     selected = tuner.load_model(best)
     params = search_space(best.hyperparameters.copy(), model, base)
     epochs = int(best.best_step) + 1
+    vectors = model_vectors(selected)  # one computation for both splits
     result = {
         "model": model,
         "dataset": dataset.record(),
@@ -192,9 +193,9 @@ def run_search(dataset, model: str, out, max_trials: int = 10, budget_seconds: f
         "best_trial": best.trial_id,
         "hyperparameters": dict(best.hyperparameters.values),
         "train_flags": train_flags(model, params, epochs),
-        "validation": evaluate(selected, dataset, protocol=protocol, split="validation"),
+        "validation": evaluate(selected, dataset, protocol=protocol, split="validation", vectors=vectors),
         # Ranked once, for the selected trial's weights; read by nothing that selects.
-        "test_reported_only": evaluate(selected, dataset, protocol=protocol),
+        "test_reported_only": evaluate(selected, dataset, protocol=protocol, vectors=vectors),
         "pretrained": None if not pretrained else portable_path(pretrained),
         "search": {"tuner": "keras_tuner.RandomSearch", "max_trials": max_trials, "budget_seconds": budget_seconds,
                    "max_epochs": max_epochs, "patience": patience, "seed": seed, "batch_size": batch_size,
